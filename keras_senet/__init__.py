@@ -1,0 +1,18 @@
+"""keras-senet: Squeeze-and-Excitation networks for Keras 3."""
+
+from keras_senet.imagenet import decode_predictions
+from keras_senet.imagenet import preprocess_input
+from keras_senet.layers import SqueezeExcite
+from keras_senet.models import create_model
+from keras_senet.models import list_models
+from keras_senet.models.senet import SENet154
+from keras_senet.models.senet import SEResNet18
+from keras_senet.models.senet import SEResNet34
+from keras_senet.models.senet import SEResNet50
+from keras_senet.models.senet import SEResNet101
+from keras_senet.models.senet import SEResNet152
+from keras_senet.models.senet import SEResNeXt26
+from keras_senet.models.senet import SEResNeXt50
+from keras_senet.models.senet import SEResNeXt101
+
+__version__ = "0.1.0"
