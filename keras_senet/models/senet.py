@@ -79,14 +79,23 @@ class _Names:
 
 
 def _conv(x, filters, kernel_size, name, strides=1, padding=0, groups=1):
-    """PyTorch-style convolution: explicit zero padding, then "valid"."""
-    if padding:
+    """PyTorch-style convolution with symmetric zero padding ``padding``.
+
+    At stride 1 with ``padding == kernel_size // 2`` Keras' "same" padding
+    is the same computation; otherwise (strided convolutions, where "same"
+    pads only at the bottom/right) the padding is an explicit
+    ``ZeroPadding2D`` before a "valid" convolution.
+    """
+    mode = "valid"
+    if padding and strides == 1 and padding == kernel_size // 2:
+        mode = "same"
+    elif padding:
         x = keras.layers.ZeroPadding2D(padding, name=name + "_pad")(x)
     return keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="valid",
+        padding=mode,
         groups=groups,
         use_bias=False,
         kernel_initializer="he_normal",
