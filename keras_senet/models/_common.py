@@ -96,6 +96,8 @@ def validate_arguments(
         )
 
     data_format, channel_axis = check_data_format()
+    # Index of the channels in a shape without the batch dimension.
+    channel_axis = -1 if channel_axis == -1 else 0
     if input_shape is not None:
         try:
             input_shape = tuple(
