@@ -14,5 +14,7 @@ from keras_senet.models.senet import SEResNet152
 from keras_senet.models.senet import SEResNeXt26
 from keras_senet.models.senet import SEResNeXt50
 from keras_senet.models.senet import SEResNeXt101
+from keras_senet.zoo import download_weights
+from keras_senet.zoo import list_weights
 
 __version__ = "0.1.0"

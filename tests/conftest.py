@@ -22,10 +22,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
-    """Each test starts with float32, channels_last and fresh layer names."""
+    """Each test starts with the float32 policy and channels_last."""
     keras.config.set_dtype_policy("float32")
     keras.config.set_image_data_format("channels_last")
-    keras.backend.clear_session()
     yield
     keras.config.set_dtype_policy("float32")
     keras.config.set_image_data_format("channels_last")

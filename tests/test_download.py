@@ -28,13 +28,6 @@ NAME = f"se_resnet50-{DIGEST[:8]}.pth"
 HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>"
 
 
-@pytest.fixture(autouse=True)
-def _reset_keras_state():
-    """Overrides conftest's Keras reset: nothing here uses Keras, and its
-    clear_session() (a full garbage collection) costs 0.5-2 s per test."""
-    yield
-
-
 @pytest.fixture
 def dl():
     return importlib.import_module("keras_senet.download")
