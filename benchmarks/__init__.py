@@ -1,0 +1,1 @@
+"""Throughput and fidelity measurements; results are written to benchmarks/results/."""

@@ -1,0 +1,498 @@
+"""Tests of the tf.data input pipeline (training/data.py and its parts).
+
+All images are tiny and written here with PIL (an encoder independent of
+TensorFlow); expected values come from NumPy / PIL, never from the code.
+"""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_senet.imagenet import wnids
+from training import data as data_lib
+from training import demo_data
+from training import sources
+from training import transforms
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+JPEG_TOL = 3.0 / 255.0 / STD.min()  # a few grey levels, normalised
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def encode(array, fmt="JPEG", mode=None, quality=95):
+    image = Image.fromarray(np.asarray(array, np.uint8))
+    if mode is not None:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def solid(colour, height=24, width=32):
+    return np.broadcast_to(np.asarray(colour, np.uint8), (height, width, 3))
+
+
+def textured(seed, height=36, width=48):
+    """A smooth colourful image (JPEG keeps it well) of the given size."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [
+        127 + 100 * np.sin(x / rng.uniform(4, 9) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(4, 9))
+        for _ in range(3)
+    ]
+    return np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8)
+
+
+def write(path, payload):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(payload)
+    return path
+
+
+def class_grey(label):
+    return 40 + 50 * label
+
+
+def make_folder(root, classes=("b_cls", "a_cls", "c_cls"), per_class=2, val_dir="val"):
+    """Class k (in sorted order) gets a solid grey of level class_grey(k)."""
+    for split_dir in ("train", val_dir):
+        for k, name in enumerate(sorted(classes)):
+            for i in range(per_class):
+                write(
+                    os.path.join(root, split_dir, name, f"img{i}.JPEG"),
+                    encode(solid([class_grey(k)] * 3, 20 + 4 * i, 28)),
+                )
+    return str(root)
+
+
+def normalised(colour):
+    return (np.asarray(colour, np.float32) / 255.0 - MEAN) / STD
+
+
+def collect(ds):
+    images, labels = [], []
+    for x, y in ds:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def tf_example(encoded, label):
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+        )
+    ).SerializeToString()
+
+
+def make_tfrecords(directory, labels, split="validation", shards=2):
+    """Writes ``labels`` round-robin into shards; each image is a grey whose
+    level encodes its position in ``labels`` (position -> 10 * (pos + 1))."""
+    os.makedirs(directory, exist_ok=True)
+    names = [os.path.join(directory, f"{split}-{s:05d}-of-{shards:05d}") for s in range(shards)]
+    writers = [tf.io.TFRecordWriter(n) for n in names]
+    for pos, label in enumerate(labels):
+        image = encode(solid([10 * (pos + 1)] * 3, 16, 16))
+        writers[pos % shards].write(tf_example(image, label))
+    for w in writers:
+        w.close()
+    sources.detect_label_offset.cache_clear()
+    return str(directory)
+
+
+def grey_to_position(images):
+    """Undoes make_tfrecords' colour code on normalised images."""
+    level = (images[..., 0].mean(axis=(1, 2)) * STD[0] + MEAN[0]) * 255.0
+    return np.round(level / 10.0).astype(int) - 1
+
+
+EVAL = dict(image_size=16, crop_pct=1.0)
+
+
+# ----------------------------------------------------------------- demo
+
+
+def test_demo_split_sizes_classes_and_balance():
+    info = data_lib.describe("demo")
+    assert info.num_classes == 10 and info.class_names == tuple("0123456789")
+    assert info.num_train + info.num_eval == 1797
+    assert 0.75 < info.num_train / 1797 < 0.85
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    parts = demo_data.split_indices(target)
+    assert not set(parts["train"]) & set(parts["validation"])
+    assert len(parts["validation"]) == info.num_eval
+    for part in parts.values():
+        counts = np.bincount(target[part], minlength=10)
+        assert counts.min() >= 0.9 * counts.max()
+
+
+def test_demo_images_show_the_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    ds = data_lib.build_dataset("demo", "validation", image_size=32, global_batch_size=128, crop_pct=1.0)
+    images, labels = collect(ds)
+    assert images.shape == (demo_data.split_size("validation"), 32, 32, 3)
+    np.testing.assert_array_equal(labels, digits.target[demo_data.split_indices(digits.target)["validation"]])
+    # Grayscale JPEG -> RGB: the three channels carry the same grey.
+    grey = (images * STD + MEAN) * 255.0
+    assert np.abs(grey[..., 0] - grey[..., 1]).max() < 1.0
+    # 4x4 block means give back the 8x8 digits (0..16 scaled to 0..255).
+    blocks = grey[..., 0].reshape(-1, 8, 4, 8, 4).mean(axis=(2, 4))
+    originals = digits.images[demo_data.split_indices(digits.target)["validation"]] * 255.0 / 16.0
+    corr = [np.corrcoef(b.ravel(), o.ravel())[0, 1] for b, o in zip(blocks, originals)]
+    assert np.median(corr) > 0.95
+    class_means = np.array([images[labels == k].mean() for k in range(10)])
+    assert np.ptp(class_means) > 0.1  # e.g. "1" has less ink than "0" or "8"
+
+
+def test_demo_needs_scikit_learn(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=r"keras-senet\[demo\]"):
+        demo_data.split_size("train")
+
+
+# ----------------------------------------------------------------- transforms
+
+
+def test_constant_colour_normalises_to_expected_value(tmp_path):
+    colour = (200, 100, 50)
+    write(str(tmp_path / "train" / "n1" / "a.JPEG"), encode(solid(colour, 30, 40)))
+    write(str(tmp_path / "val" / "n1" / "a.png"), encode(solid(colour, 30, 40), "PNG"))
+    expected = normalised(colour)
+    for split in ("train", "validation"):
+        ds = data_lib.build_dataset(str(tmp_path), split, image_size=8, global_batch_size=1, repeat=False)
+        images, labels = collect(ds)
+        assert images.dtype == np.float32 and labels.dtype == np.int32
+        assert np.abs(images - expected).max() < JPEG_TOL
+
+
+def test_eval_transform_matches_pil_resize_and_centre_crop():
+    array = textured(3, 60, 80)
+    data = tf.constant(encode(array, "PNG"))  # lossless: compare the transform alone
+    ours = transforms.eval_image(data, image_size=24, crop_pct=0.75, interpolation="bilinear").numpy()
+    # Independent reference: PIL, shorter side to round(24 / 0.75) = 32.
+    resized = np.asarray(Image.fromarray(array).resize((43, 32), Image.BILINEAR), np.float32)
+    top, left = (32 - 24) // 2, (43 - 24) // 2
+    reference = resized[top : top + 24, left : left + 24]
+    assert ours.shape == (24, 24, 3) and ours.dtype == np.uint8
+    assert np.abs(ours - reference).mean() < 2.0
+
+
+def test_train_transform_whole_image_resize_and_flip():
+    array = textured(4, 12, 12)
+    array[:, :4] = 255  # make left and right tell apart
+    data = tf.constant(encode(array, "PNG"))
+    reference = np.asarray(Image.fromarray(array).resize((24, 24), Image.BILINEAR), np.float32)
+    flips = 0
+    for seed in range(24):
+        out = transforms.train_image(
+            data, tf.constant(seed, tf.int64), image_size=24, area_range=(1.0, 1.0),
+            aspect_ratio_range=(0.5, 2.0), random_flip=True, interpolation="bilinear",
+        ).numpy().astype(np.float32)
+        straight = np.abs(out - reference).mean()
+        flipped = np.abs(out[:, ::-1] - reference).mean()
+        assert min(straight, flipped) < 3.0
+        flips += flipped < straight
+    assert 4 <= flips <= 20
+
+
+def test_random_crop_windows_respect_the_ranges():
+    height, width = 300, 400
+    areas, aspects = [], []
+    for seed in range(200):
+        top, left, h, w = [
+            int(v) for v in transforms.random_crop_window(
+                tf.constant(height), tf.constant(width), tf.constant([seed, 7]),
+                area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+            )
+        ]
+        assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
+        areas.append(h * w / (height * width))
+        aspects.append(w / h)
+    areas, aspects = np.array(areas), np.array(aspects)
+    assert areas.min() >= 0.08 - 0.01 and areas.max() <= 1.0
+    assert aspects.min() >= 0.75 * 0.97 and aspects.max() <= 4 / 3 * 1.03
+    assert np.std(areas) > 0.1  # really random
+    # No 3/4..4/3 window covers >= 99 % of a 10:1 image: centre fallback
+    # with the aspect ratio clamped to 4/3 (100 x 133).
+    window = [int(v) for v in transforms.random_crop_window(
+        tf.constant(100), tf.constant(1000), tf.constant([1, 2]),
+        area_range=(0.99, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+    )]
+    assert window == [0, (1000 - 133) // 2, 100, 133]
+
+
+def test_shapes_dtypes_ranges_and_batching(tmp_path):
+    root = make_folder(tmp_path, per_class=3)  # 9 images per split
+    train = data_lib.build_dataset(root, "train", image_size=16, global_batch_size=4, shuffle_seed=0)
+    for images, labels in train.take(5):
+        assert images.shape == (4, 16, 16, 3) and images.dtype == tf.float32
+        assert labels.shape == (4,) and labels.dtype == tf.int32
+        x = images.numpy()
+        assert (x >= (0 - MEAN) / STD - 1e-5).all() and (x <= (1 - MEAN) / STD + 1e-5).all()
+    sizes = [int(y.shape[0]) for _, y in data_lib.build_dataset(root, "validation", image_size=16, global_batch_size=4)]
+    assert sizes == [4, 4, 1]  # eval keeps the remainder, no repeat
+
+
+# ----------------------------------------------------------------- folders
+
+
+def test_folder_labels_follow_sorted_class_names(tmp_path):
+    root = make_folder(tmp_path, val_dir="validation")
+    info = data_lib.describe(root)
+    assert info.class_names == ("a_cls", "b_cls", "c_cls")
+    assert (info.num_classes, info.num_train, info.num_eval) == (3, 6, 6)
+    images, labels = collect(data_lib.build_dataset(root, "validation", global_batch_size=4, **EVAL))
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])
+    for image, label in zip(images, labels):
+        assert np.abs(image - normalised([class_grey(label)] * 3)).max() < JPEG_TOL
+
+
+def test_folder_class_checks(tmp_path):
+    root = make_folder(tmp_path / "a")
+    write(str(tmp_path / "a" / "val" / "zz_extra" / "x.JPEG"), encode(solid([9, 9, 9])))
+    with pytest.raises(ValueError, match="zz_extra"):
+        data_lib.build_dataset(root, "validation", global_batch_size=2, **EVAL)
+    ours = wnids()
+    for name in ours[:-1] + ["n99999999"]:
+        os.makedirs(tmp_path / "b" / "train" / name)
+    with pytest.raises(ValueError, match="WordNet ids"):
+        sources.folder_classes(str(tmp_path / "b"))
+    os.rename(tmp_path / "b" / "train" / "n99999999", tmp_path / "b" / "train" / ours[-1])
+    assert list(sources.folder_classes(str(tmp_path / "b"))) == ours
+
+
+def test_eval_is_deterministic(tmp_path):
+    for k in range(10):
+        write(str(tmp_path / "val" / f"c{k % 3}" / f"{k}.JPEG"), encode(textured(k)))
+    kwargs = dict(image_size=16, global_batch_size=3)
+    first = collect(data_lib.build_dataset(str(tmp_path), "validation", **kwargs))
+    second = collect(data_lib.build_dataset(str(tmp_path), "validation", cache=True, **kwargs))
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+# ----------------------------------------------------------------- odd files
+
+
+@pytest.fixture
+def odd_folder(tmp_path):
+    """Three odd but valid files, two broken ones, one normal file."""
+    original = textured(5)
+    good = encode(original)
+    files = {
+        "cmyk.JPEG": encode(original, mode="CMYK"),
+        "gray.JPEG": encode(original, mode="L"),
+        "png.JPEG": encode(original, "PNG"),
+        "normal.JPEG": good,
+        "truncated.JPEG": good[: len(good) * 3 // 4],
+        "garbage.JPEG": b"\x00 not an image at all " * 20,
+    }
+    for name, payload in files.items():
+        write(str(tmp_path / "train" / "n0" / name), payload)
+        write(str(tmp_path / "val" / "n0" / name), payload)
+    return str(tmp_path), original
+
+
+def test_odd_files_decode_to_rgb():
+    original = textured(6)
+    for mode, fmt in (("CMYK", "JPEG"), (None, "PNG"), ("L", "JPEG")):
+        image = transforms.decode_full(tf.constant(encode(original, fmt, mode=mode))).numpy()
+        assert image.shape == original.shape
+        if mode == "L":
+            assert (image[..., 0] == image[..., 2]).all()
+            expected = np.asarray(Image.fromarray(original).convert("L"), np.float32)[..., None]
+        else:
+            expected = original.astype(np.float32)
+        assert np.abs(image - expected).mean() < 4.0, mode
+
+
+def test_truncated_jpeg_is_rejected_even_when_window_is_present():
+    good = encode(textured(7, 64, 64))
+    truncated = tf.constant(good[: len(good) * 2 // 3])
+    assert transforms.has_jpeg_end(tf.constant(good))
+    assert not transforms.has_jpeg_end(truncated)
+    # TensorFlow itself decodes a window that lies in the part present...
+    assert tf.image.decode_and_crop_jpeg(truncated, [0, 0, 8, 8], channels=3).shape == (8, 8, 3)
+    # ...ours does not.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="end-of-image"):
+        transforms.decode_window(truncated, lambda h, w: (0, 0, 8, 8))
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_corrupt_files_are_skipped_and_counted(odd_folder, split):
+    root, _ = odd_folder
+    data_lib.reset_skipped_files()
+    ds = data_lib.build_dataset(
+        root, split, image_size=16, global_batch_size=1, repeat=False, area_range=(0.05, 0.06)
+    )
+    images, _ = collect(ds)
+    assert len(images) == 4  # cmyk, gray, png, normal
+    assert data_lib.skipped_files() == 2
+    assert sorted(os.path.basename(n) for n in data_lib.skipped_file_names()) == [
+        "garbage.JPEG", "truncated.JPEG"
+    ]
+
+
+@pytest.mark.parametrize("broken", ["truncated.JPEG", "garbage.JPEG"])
+def test_strict_mode_names_the_broken_file(tmp_path, broken, odd_folder):
+    root, _ = odd_folder
+    for name in ("truncated.JPEG", "garbage.JPEG"):
+        if name != broken:
+            os.remove(os.path.join(root, "val", "n0", name))
+    ds = data_lib.build_dataset(root, "validation", global_batch_size=8, strict=True, **EVAL)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=broken):
+        collect(ds)
+
+
+def test_corrupt_file_logger_reports_per_epoch(odd_folder):
+    root, _ = odd_folder
+    data_lib.reset_skipped_files()
+    logger = data_lib.CorruptFileLogger()
+    logs = {}
+    logger.on_epoch_begin(0)
+    collect(data_lib.build_dataset(root, "validation", global_batch_size=8, **EVAL))
+    logger.on_epoch_end(0, logs)
+    assert logs["skipped_files"] == 2
+
+
+# ----------------------------------------------------------------- TFRecord
+
+
+@pytest.mark.parametrize(
+    "labels, expected_offset",
+    [([1, 1000, 500, 7, 1000, 2], 1), ([0, 999, 500, 7, 0, 2], 0)],
+)
+def test_tfrecord_label_offset_is_detected(tmp_path, labels, expected_offset):
+    root = make_tfrecords(tmp_path, labels)
+    images, got = collect(data_lib.build_dataset(root, "validation", global_batch_size=4, **EVAL))
+    positions = grey_to_position(images)
+    assert sorted(positions) == list(range(len(labels)))
+    np.testing.assert_array_equal(got, np.array(labels)[positions] - expected_offset)
+
+
+def test_tfrecord_ambiguous_labels_need_the_flag(tmp_path):
+    labels = [1, 5, 999, 3]
+    root = make_tfrecords(tmp_path, labels)
+    with pytest.raises(ValueError, match="label_offset"):
+        data_lib.build_dataset(root, "validation", global_batch_size=4, **EVAL)
+    images, got = collect(
+        data_lib.build_dataset(root, "validation", global_batch_size=4, label_offset=1, **EVAL)
+    )
+    np.testing.assert_array_equal(got, np.array(labels)[grey_to_position(images)] - 1)
+
+
+def test_tfrecord_label_out_of_range_at_run_time(tmp_path):
+    root = make_tfrecords(tmp_path, [0, 3, 1000, 4])  # 0 and 1000: detection refuses
+    with pytest.raises(ValueError, match="both 0 and 1000"):
+        data_lib.build_dataset(root, "validation", global_batch_size=4, **EVAL)
+    ds = data_lib.build_dataset(root, "validation", global_batch_size=4, label_offset=0, **EVAL)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="validation-0000"):
+        collect(ds)
+
+
+def test_tfrecord_describe_standard_layout(tmp_path):
+    for s in range(1024):
+        (tmp_path / f"train-{s:05d}-of-01024").touch()
+    info = data_lib.describe(str(tmp_path))
+    assert (info.num_classes, info.num_train, info.num_eval) == (1000, 1_281_167, None)
+    assert list(info.class_names) == wnids()
+
+
+# ----------------------------------------------------------------- sharding
+
+
+def _names(source):
+    return [n.decode() for _, _, n in source.dataset.as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_sharding_is_disjoint_and_complete(tmp_path, workers):
+    folder = make_folder(tmp_path / "f", per_class=3)
+    records = make_tfrecords(str(tmp_path / "r"), list(range(1, 12)), shards=2)
+    for kind, build in (
+        ("folder", lambda ctx: sources.folder_source(folder, "validation", training=False, input_context=ctx, seed=None)),
+        ("tfrecord", lambda ctx: sources.tfrecord_source(
+            records, "validation", training=False, input_context=ctx, seed=None,
+            label_offset=1, shuffle_buffer_size=8)),
+        ("demo", lambda ctx: sources.demo_source("validation", training=False, input_context=ctx, seed=None)),
+    ):
+        everything = _names(build(None))
+        parts = [
+            _names(build(tf.distribute.InputContext(workers, i, workers)))
+            for i in range(workers)
+        ]
+        assert sorted(sum(parts, [])) == sorted(everything), kind
+        assert len(set(sum(parts, []))) == len(everything), kind
+        assert all(parts), kind
+
+
+def test_input_context_sets_per_replica_batch(tmp_path):
+    root = make_folder(tmp_path, per_class=3)
+    ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=3)
+    ds = data_lib.build_dataset(root, "train", image_size=8, global_batch_size=12, input_context=ctx)
+    images, labels = next(iter(ds))
+    assert images.shape == (4, 8, 8, 3)
+
+
+# ----------------------------------------------------------------- TFDS
+
+
+def test_mock_tfds_end_to_end():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        info = data_lib.describe("imagenet2012")
+        assert info.num_classes == 1000 and list(info.class_names) == wnids()
+        images, labels = collect(
+            data_lib.build_dataset("imagenet2012", "validation", image_size=16, global_batch_size=4)
+        )
+        assert images.shape == (6, 16, 16, 3) and labels.dtype == np.int32
+        assert ((labels >= 0) & (labels < 1000)).all()
+        train = data_lib.build_dataset("tfds:imagenet2012", "train", image_size=16, global_batch_size=4)
+        x, y = next(iter(train))
+        assert x.shape == (4, 16, 16, 3) and np.isfinite(x.numpy()).all()
+
+
+# ----------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(data="/no/such/dir"), "data"),
+        (dict(data="demo", split="test"), "split"),
+        (dict(interpolation="cubic-ish"), "interpolation"),
+        (dict(crop_pct=1.5), "crop_pct"),
+        (dict(area_range=(0.5, 0.1)), "area_range"),
+        (dict(global_batch_size=0), "global_batch_size"),
+    ],
+)
+def test_bad_arguments_raise_value_errors(kwargs, match):
+    arguments = dict(data="demo", split="train", image_size=16, global_batch_size=4)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        data_lib.build_dataset(arguments.pop("data"), arguments.pop("split"), **arguments)
+
+
+def test_bad_label_offset(tmp_path):
+    root = make_tfrecords(tmp_path, [1, 1000])
+    with pytest.raises(ValueError, match="label_offset"):
+        data_lib.build_dataset(root, "validation", global_batch_size=2, label_offset=2, **EVAL)

@@ -1,0 +1,1 @@
+"""Training and evaluation of the SE models: input pipeline, recipes, entry points."""

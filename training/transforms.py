@@ -1,0 +1,203 @@
+"""Decoding and the train / eval transforms of the ImageNet input pipeline.
+
+Every function here works on ONE encoded image (a scalar string tensor) and
+returns a ``uint8`` ``(image_size, image_size, 3)`` image; normalisation
+happens after batching (`normalize`), where it is one vectorised op.
+
+- Train: the random-resized crop is sampled from the JPEG header's size alone
+  and only that window is decoded (`tf.image.decode_and_crop_jpeg`), then
+  resized to ``image_size`` and optionally flipped. Randomness is stateless:
+  each image carries its own seed, so a ``shuffle_seed`` makes the
+  augmentation reproducible.
+- Eval: full decode, resize of the shorter side to
+  ``round(image_size / crop_pct)`` (antialiased, like PIL), rounding to
+  ``uint8`` (like PIL), centre crop. Deterministic.
+
+The decoders accept what ImageNet really holds: baseline and progressive
+JPEGs in RGB, grayscale or CMYK (all come out RGB), and PNG/GIF/BMP files
+with a ``.JPEG`` name. A JPEG without its end-of-image marker is rejected:
+TensorFlow's cropping decoder would otherwise accept a truncated file as long
+as the window lies in the part that is present.
+"""
+
+import tensorflow as tf
+
+INTERPOLATIONS = (
+    "bilinear", "bicubic", "nearest", "area",
+    "lanczos3", "lanczos5", "gaussian", "mitchellcubic",
+)
+_MAX_ATTEMPTS = 10
+_EOI_SEARCH_BYTES = 32  # Some encoders pad a few bytes after the EOI marker.
+
+
+def check_interpolation(interpolation):
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"`interpolation` must be one of {INTERPOLATIONS}. "
+            f"Received: interpolation={interpolation!r}"
+        )
+
+
+def has_jpeg_end(data):
+    """Whether the JPEG end-of-image marker (FF D9) is in the file's tail."""
+    length = tf.strings.length(data)
+    start = tf.maximum(length - _EOI_SEARCH_BYTES, 0)
+    tail = tf.io.decode_raw(tf.strings.substr(data, start, length - start), tf.uint8)
+    return tf.reduce_any(
+        tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9))
+    )
+
+
+def _assert_complete_jpeg(data):
+    return tf.debugging.Assert(
+        has_jpeg_end(data),
+        ["Truncated JPEG: no end-of-image marker"],
+        name="check_jpeg_end",
+    )
+
+
+def decode_window(data, window_fn):
+    """Decodes the window ``window_fn(height, width)`` of an encoded image.
+
+    ``window_fn`` gets the full image's height and width (int32 scalars) and
+    returns ``(offset_y, offset_x, crop_height, crop_width)``. JPEGs decode
+    only that window; other formats decode fully and are then cropped.
+    Raises (at run time) on a corrupt, truncated or unknown file.
+    """
+
+    def jpeg():
+        with tf.control_dependencies([_assert_complete_jpeg(data)]):
+            shape = tf.image.extract_jpeg_shape(data)
+        window = tf.stack(window_fn(shape[0], shape[1]))
+        return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        top, left, height, width = window_fn(shape[0], shape[1])
+        return image[top : top + height, left : left + width]
+
+    image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_full(data):
+    """Decodes a whole image to uint8 RGB (same checks as `decode_window`)."""
+    return decode_window(data, lambda height, width: (0, 0, height, width))
+
+
+def _centre_window_with_aspect(height, width, aspect_ratio_range):
+    """The largest centred window whose aspect ratio lies in the range."""
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    aspect = tf.clip_by_value(w / h, aspect_ratio_range[0], aspect_ratio_range[1])
+    crop_w = tf.minimum(w, h * aspect)
+    crop_h = tf.minimum(h, w / aspect)
+    crop_h = tf.clip_by_value(tf.cast(tf.round(crop_h), tf.int32), 1, height)
+    crop_w = tf.clip_by_value(tf.cast(tf.round(crop_w), tf.int32), 1, width)
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def random_crop_window(height, width, seed, *, area_range, aspect_ratio_range):
+    """Samples a random-resized-crop window (Inception style).
+
+    Up to 10 attempts at a window whose area fraction lies in ``area_range``
+    and aspect ratio (width / height) in ``aspect_ratio_range``; when none
+    fits, the centred window with the image's aspect ratio clamped to the
+    range (as timm and torchvision do).
+    """
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.stack([height, width, 3]),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=_MAX_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True,
+    )
+    sampled = (begin[0], begin[1], size[0], size[1])
+    fallback = _centre_window_with_aspect(height, width, aspect_ratio_range)
+    failed = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
+    return tuple(
+        tf.where(failed, f, s) for f, s in zip(fallback, sampled)
+    )
+
+
+def _to_uint8(image):
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
+def train_image(
+    data,
+    seed,
+    *,
+    image_size,
+    area_range,
+    aspect_ratio_range,
+    random_flip,
+    interpolation,
+):
+    """Random-resized crop (decoding only the window), resize, flip."""
+    crop_seed = tf.stack([seed, tf.constant(0, seed.dtype)])
+    flip_seed = tf.stack([seed, tf.constant(1, seed.dtype)])
+
+    def window_fn(height, width):
+        return random_crop_window(
+            height,
+            width,
+            crop_seed,
+            area_range=area_range,
+            aspect_ratio_range=aspect_ratio_range,
+        )
+
+    image = decode_window(data, window_fn)
+    image = _to_uint8(tf.image.resize(image, (image_size, image_size), method=interpolation))
+    if random_flip:  # on uint8: a quarter of the bytes to move
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return image
+
+
+def eval_size(image_size, crop_pct):
+    """The shorter side before the centre crop: ``round(size / crop_pct)``."""
+    return int(round(image_size / crop_pct))
+
+
+def eval_image(data, *, image_size, crop_pct, interpolation):
+    """Resize the shorter side to ``round(size / crop_pct)``, centre crop."""
+    image = decode_full(data)
+    shape = tf.shape(image)
+    height = tf.cast(shape[0], tf.float32)
+    width = tf.cast(shape[1], tf.float32)
+    short = eval_size(image_size, crop_pct)
+    scale = short / tf.minimum(height, width)
+    new_h = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), short)
+    new_w = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), short)
+    image = tf.image.resize(image, tf.stack([new_h, new_w]), method=interpolation, antialias=True)
+    image = _to_uint8(image)
+    top = (new_h - image_size) // 2
+    left = (new_w - image_size) // 2
+    image = image[top : top + image_size, left : left + image_size]
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def normalize(images, mean, std):
+    """``(x / 255 - mean) / std`` in float32, on a batch of uint8 images.
+
+    Computed as ``x * scale + offset`` on rows of ``width * 3`` values with
+    row-long ``scale`` and ``offset``: TensorFlow's CPU kernels broadcast a
+    row over a matrix several times faster than a 3-vector over a 4D tensor.
+    """
+    scale = [1.0 / (255.0 * s) for s in std]
+    offset = [-m / s for m, s in zip(mean, std)]
+    images = tf.cast(images, tf.float32)
+    width = images.shape[-2]
+    if width is None:
+        return images * scale + offset
+    rows = tf.reshape(images, [-1, width * 3])
+    rows = rows * tf.constant(scale * width, tf.float32) + tf.constant(offset * width, tf.float32)
+    normalised = tf.reshape(rows, tf.shape(images))
+    normalised.set_shape(images.shape)
+    return normalised
