@@ -91,7 +91,12 @@ def _conv(x, filters, kernel_size, name, strides=1, padding=0, groups=1):
         mode = "same"
     elif padding:
         x = keras.layers.ZeroPadding2D(padding, name=name + "_pad")(x)
-    return keras.layers.Conv2D(
+    # Grouped convolutions use GroupConv2D (same weights as Conv2D, fast on
+    # TensorFlow's CPU; see keras_senet/conv.py).
+    from keras_senet.conv import GroupConv2D
+
+    conv_class = GroupConv2D if groups > 1 else keras.layers.Conv2D
+    return conv_class(
         filters,
         kernel_size,
         strides=strides,
