@@ -1,9 +1,11 @@
 """The model families and the name -> builder registry."""
 
+from keras_senet.models import inception
 from keras_senet.models import senet
 
 # Every builder, by registry name (timm-style names).
 MODELS = dict(senet.BUILDERS)
+MODELS.update(inception.BUILDERS)
 
 
 def list_models(pattern=None):
