@@ -1,0 +1,144 @@
+"""Excitation analysis: recorded gates, per-class means, plot, CLI."""
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_senet import create_model
+from keras_senet import layers as se_layers
+from keras_senet import preprocess_input
+from keras_senet.analysis import gate_model
+from keras_senet.analysis import main
+from keras_senet.analysis import mean_gates_by_class
+from keras_senet.analysis import plot_gates
+from keras_senet.analysis import record_gates
+
+NAMES = ["conv2_block1_se", "conv5_block2_se"]
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _numpy_gates(layer, feature_map):
+    """The SE formula in NumPy, from the layer's own weights."""
+    w1, b1, w2, b2 = (np.asarray(keras.ops.convert_to_numpy(w), "float64") for w in layer.weights)
+    squeezed = np.asarray(feature_map, "float64").mean(axis=(1, 2))
+    return _sigmoid(np.maximum(squeezed @ w1 + b1, 0.0) @ w2 + b2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(3)
+    model = create_model("se_resnet18", include_top=False, input_shape=(64, 64, 3))
+    rng = np.random.default_rng(3)
+    for layer in model.layers:  # non-zero biases, so they are checked too
+        if isinstance(layer, se_layers.SqueezeExcite):
+            layer.fc2.bias.assign(rng.normal(0, 1, layer.fc2.bias.shape))
+    return model
+
+
+def test_recorded_gates_are_the_layers_gates(model):
+    images = np.random.default_rng(0).normal(size=(5, 64, 64, 3)).astype("float32")
+    gates = record_gates(model, images, NAMES, batch_size=2)
+    assert list(gates) == NAMES
+    layers = [model.get_layer(n) for n in NAMES]
+    probe = keras.Model(
+        model.input, [t for l in layers for t in (l.input, l.output)]
+    )
+    values = [keras.ops.convert_to_numpy(v) for v in probe(images, training=False)]
+    for i, layer in enumerate(layers):
+        feature_map, rescaled = values[2 * i], values[2 * i + 1]
+        assert gates[layer.name].shape == (5, layer.channels)
+        np.testing.assert_allclose(
+            gates[layer.name], _numpy_gates(layer, feature_map), rtol=1e-4, atol=1e-6
+        )
+        # And they are what the layer multiplied its input by.
+        np.testing.assert_allclose(
+            rescaled, feature_map * gates[layer.name][:, None, None, :], rtol=1e-4, atol=1e-5
+        )
+    all_gates = gate_model(model).output
+    assert len(all_gates) == 8 and list(all_gates)[:1] == ["conv2_block1_se"]
+
+
+def test_mean_gates_by_class():
+    rng = np.random.default_rng(1)
+    gates = {"a": rng.uniform(size=(6, 4)), "b": rng.uniform(size=(6, 2))}
+    labels = np.array([2, 0, 2, 1, 0, 2])
+    classes, means = mean_gates_by_class(gates, labels)
+    assert list(classes) == [0, 1, 2]
+    np.testing.assert_allclose(means["a"][0], gates["a"][[1, 4]].mean(axis=0))
+    np.testing.assert_allclose(means["a"][1], gates["a"][3])
+    np.testing.assert_allclose(means["b"][2], gates["b"][[0, 2, 5]].mean(axis=0))
+    with pytest.raises(ValueError, match="gates\\['a'\\].*N = 5"):
+        mean_gates_by_class(gates, labels[:5])
+
+
+def test_unknown_layer_and_models_without_se_raise(model):
+    with pytest.raises(ValueError, match="no SqueezeExcite layer named \\['conv9_se'\\]"):
+        gate_model(model, ["conv9_se"])
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs), name="plain")
+    with pytest.raises(ValueError, match="'plain' has no SqueezeExcite"):
+        record_gates(plain, np.zeros((1, 8, 8, 3)))
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="keras-senet\\[plot\\]"):
+        plot_gates({"a": np.zeros((1, 3))}, [0], tmp_path / "g.png")
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(2)
+    means = {"x_se": rng.uniform(size=(3, 16)), "y_se": rng.uniform(size=(3, 32))}
+    path = plot_gates(means, [0, 1, 2], tmp_path / "gates.png", class_names={0: "cat"})
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["gates.png"]
+
+
+def test_cli_records_per_class_means_from_an_image_folder(model, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    images = {}
+    for class_name in ("cat", "dog"):
+        (tmp_path / "images" / class_name).mkdir(parents=True)
+        images[class_name] = []
+        for i in range(2):
+            pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / class_name / f"{i}.png")
+            images[class_name].append(pixels.astype("float32"))
+    weights = tmp_path / "m.weights.h5"
+    model.save_weights(weights)
+    out = tmp_path / "means.npz"
+    code = main(
+        [
+            "--model", "se_resnet18",
+            "--weights", str(weights),
+            "--images", str(tmp_path / "images"),
+            "--image-size", "64",
+            "--layers", ",".join(NAMES),
+            "--npz", str(out),
+        ]
+    )
+    assert code == 0
+    saved = np.load(out)
+    assert list(saved["classes"]) == ["cat", "dog"]
+    for name in NAMES:
+        for row, class_name in enumerate(("cat", "dog")):
+            batch = preprocess_input(np.stack(images[class_name]))
+            expected = record_gates(model, batch, [name])[name].mean(axis=0)
+            np.testing.assert_allclose(saved[name][row], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_rejects_a_missing_image_folder(tmp_path):
+    with pytest.raises(ValueError, match="--images.*nowhere"):
+        main(["--model", "se_resnet18", "--images", str(tmp_path / "nowhere"),
+              "--image-size", "32", "--npz", str(tmp_path / "x.npz")])
+    with pytest.raises(SystemExit):
+        main(["--model", "se_resnet18", "--images", "demo"])  # no output asked
