@@ -262,11 +262,11 @@ def test_save_and_load_in_a_fresh_process(tmp_path):
     out = _run_python(
         f"""
 import numpy as np, keras
+import keras_senet  # registers the package's layers, as keras_hub does
 path = {str(tmp_path)!r}
 x, y = np.load(path + "/x.npy"), np.load(path + "/y.npy")
 m = keras.models.load_model(path + "/m.keras")
 print("keras", float(np.abs(m.predict(x, verbose=0) - y).max()))
-import keras_senet
 w = keras_senet.SEResNeXt26(weights=path + "/m.weights.h5", input_shape=(64, 64, 3), classes=5)
 print("h5", float(np.abs(w.predict(x, verbose=0) - y).max()))
 """
