@@ -23,17 +23,7 @@ except ImportError:  # the parity report is optional
 
 import numpy as np  # noqa: E402
 
-TIMM_NAMES = {
-    "se_resnet18": "legacy_seresnet18",
-    "se_resnet34": "legacy_seresnet34",
-    "se_resnet50": "legacy_seresnet50",
-    "se_resnet101": "legacy_seresnet101",
-    "se_resnet152": "legacy_seresnet152",
-    "se_resnext26_32x4d": "legacy_seresnext26_32x4d",
-    "se_resnext50_32x4d": "legacy_seresnext50_32x4d",
-    "se_resnext101_32x4d": "legacy_seresnext101_32x4d",
-    "senet154": "legacy_senet154",
-}
+from weights.reference import TIMM_NAMES  # noqa: E402
 
 
 def convert(checkpoint, model_name, out):
