@@ -496,3 +496,101 @@ def test_bad_label_offset(tmp_path):
     root = make_tfrecords(tmp_path, [1, 1000])
     with pytest.raises(ValueError, match="label_offset"):
         data_lib.build_dataset(root, "validation", global_batch_size=2, label_offset=2, **EVAL)
+
+
+# ----------------------------------------------------------------- fast path
+
+
+def test_many_corrupt_files_across_groups_are_all_counted_and_named(tmp_path):
+    """More files than one decode group holds, broken ones spread over them
+    (one group entirely broken): every good file comes out once, every broken
+    one is counted and named once."""
+    group = data_lib._GROUP_SIZE
+    good = encode(solid([120, 120, 120], 20, 20))
+    broken_payloads = [
+        good[: len(good) // 2],  # truncated JPEG: no end-of-image marker
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # a PNG signature, nothing valid after
+        b"GIF89a garbage" * 4,
+    ]
+    names, broken = [], set()
+    total = 3 * group + 5
+    for i in range(total):
+        name = f"{i:04d}.JPEG"
+        in_broken_group = group <= i < 2 * group
+        if in_broken_group or i % 7 == 3:
+            payload = broken_payloads[i % len(broken_payloads)]
+            broken.add(name)
+        else:
+            payload = good
+        write(str(tmp_path / "val" / "n0" / name), payload)
+        names.append(name)
+    data_lib.reset_skipped_files()
+    images, labels = collect(data_lib.build_dataset(
+        str(tmp_path), "validation", global_batch_size=16, **EVAL
+    ))
+    assert len(images) == total - len(broken)
+    assert np.abs(images - normalised([120] * 3)).max() < JPEG_TOL
+    assert data_lib.skipped_files() == len(broken)
+    assert sorted(os.path.basename(n) for n in data_lib.skipped_file_names()) == sorted(broken)
+
+
+def test_strict_names_a_broken_file_in_a_later_group(tmp_path):
+    good = encode(solid([60, 60, 60], 20, 20))
+    for i in range(data_lib._GROUP_SIZE + 3):
+        write(str(tmp_path / "val" / "n0" / f"{i:04d}.JPEG"), good)
+    write(str(tmp_path / "val" / "n0" / "zz_broken.JPEG"), good[:-40])
+    ds = data_lib.build_dataset(str(tmp_path), "validation", global_batch_size=8, strict=True, **EVAL)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="zz_broken"):
+        collect(ds)
+
+
+def test_training_skips_and_counts_corrupt_files(odd_folder):
+    root, _ = odd_folder
+    data_lib.reset_skipped_files()
+    ds = data_lib.build_dataset(root, "train", image_size=16, global_batch_size=4, shuffle_seed=1)
+    for images, labels in ds.take(6):  # repeats: each epoch skips the two again
+        assert images.shape == (4, 16, 16, 3)
+    assert data_lib.skipped_files() >= 2
+    assert set(os.path.basename(n) for n in data_lib.skipped_file_names()) == {
+        "garbage.JPEG", "truncated.JPEG"
+    }
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_uint8_output_is_the_unnormalised_image(tmp_path, split):
+    for k in range(3):
+        write(str(tmp_path / "train" / "n0" / f"{k}.JPEG"), encode(textured(k)))
+        write(str(tmp_path / "val" / "n0" / f"{k}.JPEG"), encode(textured(k)))
+    kwargs = dict(image_size=12, global_batch_size=3, repeat=False, shuffle_seed=5, deterministic=True)
+    pixels, _ = collect(data_lib.build_dataset(str(tmp_path), split, output_dtype="uint8", **kwargs))
+    floats, _ = collect(data_lib.build_dataset(str(tmp_path), split, **kwargs))
+    assert pixels.dtype == np.uint8 and pixels.shape == floats.shape == (3, 12, 12, 3)
+    # Independent formula on the uint8 pixels: (x / 255 - mean) / std. The
+    # float path skips the rounding on the train side: half a grey level.
+    tolerance = 0.51 / 255.0 / STD.min() if split == "train" else 1e-5
+    np.testing.assert_allclose((pixels / 255.0 - MEAN) / STD, floats, atol=tolerance)
+    with pytest.raises(ValueError, match="output_dtype"):
+        data_lib.build_dataset(str(tmp_path), split, output_dtype="float16", **kwargs)
+
+
+def test_eval_cache_gives_the_same_normalised_images(tmp_path):
+    for k in range(4):
+        write(str(tmp_path / "val" / "n0" / f"{k}.JPEG"), encode(textured(k)))
+    kwargs = dict(image_size=16, global_batch_size=3)
+    plain = collect(data_lib.build_dataset(str(tmp_path), "validation", **kwargs))
+    cached = data_lib.build_dataset(str(tmp_path), "validation", cache=True, repeat=True, **kwargs)
+    images = np.concatenate([x.numpy() for x, _ in cached.take(4)])[:8]
+    np.testing.assert_array_equal(images, np.concatenate([plain[0], plain[0]]))
+
+
+def test_train_decode_with_fast_idct_stays_close_to_exact_decode():
+    array = textured(8, 64, 64)
+    data = tf.constant(encode(array, quality=90))
+    exact = np.asarray(Image.open(io.BytesIO(encode(array, quality=90))).convert("RGB"), np.float32)
+    reference = np.asarray(Image.fromarray(exact.astype(np.uint8)).resize((32, 32), Image.BILINEAR), np.float32)
+    out = transforms.train_image(
+        data, tf.constant(3, tf.int64), image_size=32, area_range=(1.0, 1.0),
+        aspect_ratio_range=(0.5, 2.0), random_flip=False, interpolation="bilinear",
+    ).numpy()
+    assert out.dtype == np.float32 and out.shape == (32, 32, 3)
+    assert np.abs(out - reference).mean() < 2.0
