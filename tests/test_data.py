@@ -187,9 +187,10 @@ def test_eval_transform_matches_pil_resize_and_centre_crop():
     array = textured(3, 60, 80)
     data = tf.constant(encode(array, "PNG"))  # lossless: compare the transform alone
     ours = transforms.eval_image(data, image_size=24, crop_pct=0.75, interpolation="bilinear").numpy()
-    # Independent reference: PIL, shorter side to round(24 / 0.75) = 32.
-    resized = np.asarray(Image.fromarray(array).resize((43, 32), Image.BILINEAR), np.float32)
-    top, left = (32 - 24) // 2, (43 - 24) // 2
+    # Independent reference: PIL, shorter side to floor(24 / 0.75) = 32, the
+    # longer to int(32 * 80 / 60) = 42 (torchvision's rule), offsets rounded.
+    resized = np.asarray(Image.fromarray(array).resize((42, 32), Image.BILINEAR), np.float32)
+    top, left = round((32 - 24) / 2), round((42 - 24) / 2)
     reference = resized[top : top + 24, left : left + 24]
     assert ours.shape == (24, 24, 3) and ours.dtype == np.uint8
     assert np.abs(ours - reference).mean() < 2.0

@@ -21,6 +21,8 @@ TensorFlow's cropping decoder would otherwise accept a truncated file as long
 as the window lies in the part that is present.
 """
 
+import math
+
 import tensorflow as tf
 
 INTERPOLATIONS = (
@@ -182,27 +184,39 @@ def train_image(
 
 
 def eval_size(image_size, crop_pct):
-    """The shorter side before the centre crop: ``round(size / crop_pct)``."""
-    return int(round(image_size / crop_pct))
+    """The shorter side before the centre crop: ``floor(size / crop_pct)``
+    (timm's rule; 256 for 224 at 0.875)."""
+    return int(math.floor(image_size / crop_pct))
 
 
 def eval_image(data, *, image_size, crop_pct, interpolation):
-    """Resize the shorter side to ``round(size / crop_pct)``, centre crop."""
+    """The reference eval transform of the published weights.
+
+    As timm / torchvision do it: the shorter side resized to
+    ``floor(size / crop_pct)`` and the longer one to
+    ``floor(short * long / shorter)`` (antialiased), then a centre crop whose
+    offsets are ``round((side - size) / 2)``, halves to even.
+    """
     image = decode_full(data)
     shape = tf.shape(image)
-    height = tf.cast(shape[0], tf.float32)
-    width = tf.cast(shape[1], tf.float32)
+    height, width = shape[0], shape[1]
     short = eval_size(image_size, crop_pct)
-    scale = short / tf.minimum(height, width)
-    new_h = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), short)
-    new_w = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), short)
+    shorter = tf.minimum(height, width)
+    # Integer arithmetic, like torchvision's int(short * long / shorter).
+    new_h = tf.where(height == shorter, short, (short * height) // shorter)
+    new_w = tf.where(width == shorter, short, (short * width) // shorter)
     image = tf.image.resize(image, tf.stack([new_h, new_w]), method=interpolation, antialias=True)
     image = to_uint8(image)
-    top = (new_h - image_size) // 2
-    left = (new_w - image_size) // 2
+    top = _half_even_half(new_h - image_size)
+    left = _half_even_half(new_w - image_size)
     image = image[top : top + image_size, left : left + image_size]
     image.set_shape([image_size, image_size, 3])
     return image
+
+
+def _half_even_half(excess):
+    """``round(excess / 2)`` with halves to even, as Python's round()."""
+    return tf.cast(tf.round(tf.cast(excess, tf.float64) / 2.0), tf.int32)
 
 
 def normalize(images, mean, std):
