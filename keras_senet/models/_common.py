@@ -63,6 +63,7 @@ def validate_arguments(
     classes,
     default_size,
     model_name,
+    min_size=MIN_SIZE,
 ):
     """Checks the builder arguments and returns the input shape to use."""
     if weights is not None and weights != "imagenet":
@@ -122,10 +123,10 @@ def validate_arguments(
                 f"Received: input_shape={input_shape}"
             )
         for side in sides:
-            if side is not None and side < MIN_SIZE:
+            if side is not None and side < min_size:
                 raise ValueError(
-                    f"{model_name} needs images of at least {MIN_SIZE}x"
-                    f"{MIN_SIZE} pixels. Received: input_shape={input_shape}"
+                    f"{model_name} needs images of at least {min_size}x"
+                    f"{min_size} pixels. Received: input_shape={input_shape}"
                 )
 
     if input_tensor is not None:
@@ -152,6 +153,17 @@ def validate_arguments(
                     f"{model_name} takes 3-channel 4D image tensors. "
                     f"Received: input_tensor.shape={tuple(input_tensor.shape)}"
                 )
+            return validate_arguments(
+                weights=weights,
+                include_top=include_top,
+                input_tensor=None,
+                input_shape=input_shape,
+                pooling=pooling,
+                classes=classes,
+                default_size=default_size,
+                model_name=model_name,
+                min_size=min_size,
+            )
 
     if input_shape is None:
         if include_top:
@@ -222,3 +234,65 @@ def load_weights(model, weights, *, model_id, include_top, classes):
         classes=classes,
     )
     return model
+
+
+def build_model(
+    features,
+    *,
+    model_id,
+    model_name,
+    default_size,
+    min_size=MIN_SIZE,
+    dropout_rate=0.0,
+    include_top,
+    weights,
+    input_tensor,
+    input_shape,
+    pooling,
+    classes,
+    classifier_activation,
+    name,
+):
+    """The keras.applications contract around a family's feature extractor.
+
+    Args:
+        features: ``features(inputs, channel_axis) -> 4D feature map``.
+        model_id: the registry name (which published weights to load).
+        model_name: the model's default name.
+        default_size: the input side with ``include_top`` and no shape.
+        min_size: the smallest input side accepted.
+        dropout_rate: dropout before the classifier.
+        The rest: the builder arguments, checked here.
+    """
+    input_shape = validate_arguments(
+        weights=weights,
+        include_top=include_top,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        default_size=default_size,
+        model_name=model_name,
+        min_size=min_size,
+    )
+    _, channel_axis = check_data_format()
+    img_input = make_input(input_tensor, input_shape)
+    x = features(img_input, channel_axis)
+    x = add_head(
+        x,
+        include_top=include_top,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        dropout_rate=dropout_rate,
+    )
+    model = keras.Model(
+        model_inputs(input_tensor, img_input), x, name=name or model_name
+    )
+    return load_weights(
+        model,
+        weights,
+        model_id=model_id,
+        include_top=include_top,
+        classes=classes,
+    )

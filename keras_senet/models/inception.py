@@ -121,15 +121,6 @@ VARIANTS = {
 PREPROCESS = {name: v["preprocess"] for name, v in VARIANTS.items()}
 
 
-def _check_min_size(input_shape, min_size, channel_axis, model_name):
-    sides = input_shape[:2] if channel_axis == -1 else input_shape[1:]
-    if any(side is not None and side < min_size for side in sides):
-        raise ValueError(
-            f"{model_name} needs images of at least {min_size}x{min_size} "
-            f"pixels. Received: input_shape={tuple(input_shape)}"
-        )
-
-
 def SEInception(
     variant,
     include_top=True,
@@ -166,40 +157,22 @@ def SEInception(
             ".weights.h5 file>, or use weights=None. "
             f"Received: weights={weights!r}"
         )
-    input_shape = _common.validate_arguments(
-        weights=weights,
+    return _common.build_model(
+        lambda x, channel_axis: config["features"](
+            x, use_se=use_se, channel_axis=channel_axis
+        ),
+        model_id=variant,
+        model_name=model_name,
+        default_size=config["default_size"],
+        min_size=config["min_size"],
         include_top=include_top,
+        weights=weights,
         input_tensor=input_tensor,
         input_shape=input_shape,
         pooling=pooling,
         classes=classes,
-        default_size=config["default_size"],
-        model_name=model_name,
-    )
-    _, channel_axis = _common.check_data_format()
-    _check_min_size(input_shape, config["min_size"], channel_axis, model_name)
-    img_input = _common.make_input(input_tensor, input_shape)
-    x = config["features"](
-        img_input, use_se=use_se, channel_axis=channel_axis
-    )
-    x = _common.add_head(
-        x,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
         classifier_activation=classifier_activation,
-    )
-    model = keras.Model(
-        _common.model_inputs(input_tensor, img_input),
-        x,
-        name=name or model_name,
-    )
-    return _common.load_weights(
-        model,
-        weights,
-        model_id=variant,
-        include_top=include_top,
-        classes=classes,
+        name=name,
     )
 
 

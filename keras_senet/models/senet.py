@@ -294,36 +294,22 @@ def SENet(
         )
     config = dict(VARIANTS[variant])
     dropout_rate = config.pop("dropout_rate", 0.0)
-    input_shape = _common.validate_arguments(
-        weights=weights,
+    return _common.build_model(
+        lambda x, channel_axis: senet_features(
+            x, channel_axis=channel_axis, **config
+        ),
+        model_id=variant,
+        model_name=variant,
+        default_size=224,
+        dropout_rate=dropout_rate,
         include_top=include_top,
+        weights=weights,
         input_tensor=input_tensor,
         input_shape=input_shape,
         pooling=pooling,
         classes=classes,
-        default_size=224,
-        model_name=variant,
-    )
-    _, channel_axis = _common.check_data_format()
-    img_input = _common.make_input(input_tensor, input_shape)
-    x = senet_features(img_input, channel_axis=channel_axis, **config)
-    x = _common.add_head(
-        x,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
         classifier_activation=classifier_activation,
-        dropout_rate=dropout_rate,
-    )
-    model = keras.Model(
-        _common.model_inputs(input_tensor, img_input), x, name=name or variant
-    )
-    return _common.load_weights(
-        model,
-        weights,
-        model_id=variant,
-        include_top=include_top,
-        classes=classes,
+        name=name,
     )
 
 
