@@ -595,3 +595,13 @@ def test_train_decode_with_fast_idct_stays_close_to_exact_decode():
     ).numpy()
     assert out.dtype == np.float32 and out.shape == (32, 32, 3)
     assert np.abs(out - reference).mean() < 2.0
+
+
+def test_bgr_channel_order_reverses_the_normalised_channels():
+    kwargs = dict(image_size=32, global_batch_size=8, crop_pct=1.0,
+                  mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    rgb, _ = next(iter(data_lib.build_dataset("demo", "validation", **kwargs)))
+    bgr, _ = next(iter(data_lib.build_dataset("demo", "validation", channel_order="bgr", **kwargs)))
+    np.testing.assert_array_equal(bgr.numpy(), rgb.numpy()[..., ::-1])
+    with pytest.raises(ValueError, match="channel_order='hsv'"):
+        data_lib.build_dataset("demo", "validation", channel_order="hsv", **kwargs)

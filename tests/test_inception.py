@@ -553,3 +553,21 @@ def test_registered_in_the_package():
     assert keras_senet.SEBNInception is inception.SEBNInception
     assert keras_senet.SEInceptionV3 is inception.SEInceptionV3
     assert keras_senet.SEInceptionResNetV2 is inception.SEInceptionResNetV2
+
+
+@pytest.mark.parametrize("name", sorted(inception.VARIANTS))
+def test_input_config_reproduces_the_preprocessing_function(name):
+    """What input pipelines read (input_config) is what PREPROCESS computes."""
+    import tensorflow as tf
+
+    from keras_senet.models import input_config
+    from training import transforms
+
+    config = input_config(name)
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 5, 6, 3)).astype("uint8")
+    want = np.asarray(inception.PREPROCESS[name](x))
+    got = transforms.normalize(tf.constant(x), config["mean"], config["std"]).numpy()
+    if config["channel_order"] == "bgr":
+        got = got[..., ::-1]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert config["input_size"] == inception.VARIANTS[name]["default_size"]

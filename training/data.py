@@ -331,6 +331,7 @@ def build_dataset(
     input_context=None,
     mean=(0.485, 0.456, 0.406),
     std=(0.229, 0.224, 0.225),
+    channel_order="rgb",
     crop_pct=0.875,
     interpolation="bilinear",
     area_range=(0.08, 1.0),
@@ -384,6 +385,9 @@ def build_dataset(
         repeat: repeat forever; defaults to ``training``.
         data_dir: TFDS ``data_dir``.
         shuffle_buffer_size: records in the shuffle buffer (TFRecord, TFDS).
+        channel_order: ``"rgb"``, or ``"bgr"`` to reverse the channels after
+            normalising (``mean`` / ``std`` stay in RGB order), as
+            `keras_senet.models.input_config` gives for Caffe-style models.
         output_dtype: ``"float32"`` (normalised with ``mean`` and ``std``) or
             ``"uint8"`` (the 0..255 pixels, not normalised: the accelerator
             normalises, e.g. with `transforms.normalize`, and the host saves
@@ -397,6 +401,11 @@ def build_dataset(
         split, image_size, global_batch_size, mean, std, crop_pct, interpolation,
         area_range, aspect_ratio_range, private_threads, output_dtype,
     )
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError(
+            "`channel_order` must be 'rgb' or 'bgr'. "
+            f"Received: channel_order={channel_order!r}"
+        )
     training = split.startswith("train") if training is None else bool(training)
     deterministic = (not training) if deterministic is None else bool(deterministic)
     repeat = training if repeat is None else bool(repeat)
@@ -416,7 +425,8 @@ def build_dataset(
         finish = transforms.to_uint8
     else:
         def finish(image):
-            return transforms.normalize(image, mean, std)
+            image = transforms.normalize(image, mean, std)
+            return image[..., ::-1] if channel_order == "bgr" else image
 
     if training:
         def transform(data, seed):

@@ -28,6 +28,7 @@ import keras  # noqa: E402
 
 import keras_senet  # noqa: E402
 from keras_senet import imagenet  # noqa: E402
+from keras_senet.models import input_config  # noqa: E402
 from training import data  # noqa: E402
 
 
@@ -38,26 +39,26 @@ class EvalTransform:
     interpolation: str = "bilinear"
     mean: tuple = imagenet.IMAGENET_MEAN
     std: tuple = imagenet.IMAGENET_STD
+    channel_order: str = "rgb"
 
 
-def eval_transform(model_name, weights):
-    """The evaluation transform of ``model_name``'s published weights."""
-    try:
-        from keras_senet import zoo
-    except ImportError:  # pragma: no cover - zoo needs optional pieces
-        zoo = None
-    get_info = getattr(zoo, "get_weights_info", None)
-    names = getattr(zoo, "list_weights", lambda: [])()
-    if weights == "imagenet" and get_info and model_name in names:
-        info = get_info(model_name)
-        return EvalTransform(
-            image_size=getattr(info, "input_size", 224),
-            crop_pct=getattr(info, "crop_pct", 0.875),
-            interpolation=getattr(info, "interpolation", "bilinear"),
-            mean=tuple(getattr(info, "mean", imagenet.IMAGENET_MEAN)),
-            std=tuple(getattr(info, "std", imagenet.IMAGENET_STD)),
-        )
-    return EvalTransform()
+def eval_transform(model_name, weights=None):
+    """The evaluation transform of ``model_name``: its normalisation (see
+    `keras_senet.models.input_config`), with the published weights' crop and
+    interpolation for ``weights="imagenet"`` and the training pipeline's
+    defaults (0.875, bilinear) for weights of one's own."""
+    if model_name is None:
+        return EvalTransform()
+    config = input_config(model_name)
+    published = weights == "imagenet"
+    return EvalTransform(
+        image_size=config["input_size"],
+        crop_pct=config["crop_pct"] if published else 0.875,
+        interpolation=config["interpolation"] if published else "bilinear",
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+        channel_order=config["channel_order"],
+    )
 
 
 def build_parser():
@@ -159,6 +160,7 @@ def main(argv=None):
         interpolation=transform.interpolation,
         mean=transform.mean,
         std=transform.std,
+        channel_order=transform.channel_order,
         data_dir=args.data_dir,
     )
     result = evaluate(model, dataset)

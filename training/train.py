@@ -40,7 +40,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_senet  # noqa: E402
-from keras_senet import imagenet  # noqa: E402
+from keras_senet.models import input_config  # noqa: E402
 from training import callbacks as cb  # noqa: E402
 from training import data  # noqa: E402
 from training import distribute  # noqa: E402
@@ -161,11 +161,13 @@ def make_datasets(args, recipe, runtime, num_classes, seed):
     per-replica batches; ``validation`` is a plain dataset of global batches.
     """
     strategy = runtime.strategy
+    convention = input_config(recipe.model)
     common = dict(
         image_size=recipe.image_size,
         global_batch_size=runtime.global_batch_size,
-        mean=imagenet.IMAGENET_MEAN,
-        std=imagenet.IMAGENET_STD,
+        mean=convention["mean"],
+        std=convention["std"],
+        channel_order=convention["channel_order"],
         data_dir=args.data_dir,
     )
 

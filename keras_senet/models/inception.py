@@ -31,6 +31,16 @@ from keras_senet.models.inception_v3 import inception_v3_features
 BN_INCEPTION_MEAN_BGR = (104.0, 117.0, 123.0)
 
 
+# The two conventions as data (mean/std on the [0, 1] scale, in RGB order;
+# "bgr": channels reversed after normalising), for input pipelines.
+INCEPTION_NORMALIZATION = dict(mean=(0.5,) * 3, std=(0.5,) * 3, channel_order="rgb")
+BN_INCEPTION_NORMALIZATION = dict(
+    mean=tuple(m / 255.0 for m in reversed(BN_INCEPTION_MEAN_BGR)),
+    std=(1.0 / 255.0,) * 3,
+    channel_order="bgr",
+)
+
+
 def preprocess_input_inception(x, data_format=None):
     """Preprocesses RGB images for SE-Inception-v3 / SE-Inception-ResNet-v2.
 
@@ -45,7 +55,10 @@ def preprocess_input_inception(x, data_format=None):
     """
     # (x / 255 - 0.5) / 0.5 == x / 127.5 - 1
     return imagenet.preprocess_input(
-        x, data_format=data_format, mean=(0.5,) * 3, std=(0.5,) * 3
+        x,
+        data_format=data_format,
+        mean=INCEPTION_NORMALIZATION["mean"],
+        std=INCEPTION_NORMALIZATION["std"],
     )
 
 
@@ -67,8 +80,8 @@ def preprocess_input_bn_inception(x, data_format=None):
     x = imagenet.preprocess_input(
         x,
         data_format=data_format,
-        mean=tuple(m / 255.0 for m in reversed(BN_INCEPTION_MEAN_BGR)),
-        std=(1.0 / 255.0,) * 3,
+        mean=BN_INCEPTION_NORMALIZATION["mean"],
+        std=BN_INCEPTION_NORMALIZATION["std"],
     )
     channel_axis = -1 if data_format == "channels_last" else len(x.shape) - 3
     if isinstance(x, np.ndarray):
@@ -98,6 +111,7 @@ VARIANTS = {
         default_size=224,
         min_size=32,
         preprocess=preprocess_input_bn_inception,
+        normalization=BN_INCEPTION_NORMALIZATION,
     ),
     "se_inception_v3": dict(
         features=inception_v3_features,
@@ -106,6 +120,7 @@ VARIANTS = {
         default_size=299,
         min_size=75,
         preprocess=preprocess_input_inception,
+        normalization=INCEPTION_NORMALIZATION,
     ),
     "se_inception_resnet_v2": dict(
         features=inception_resnet_v2_features,
@@ -114,6 +129,7 @@ VARIANTS = {
         default_size=299,
         min_size=75,
         preprocess=preprocess_input_inception,
+        normalization=INCEPTION_NORMALIZATION,
     ),
 }
 
