@@ -1,5 +1,6 @@
 """keras-senet: Squeeze-and-Excitation networks for Keras 3."""
 
+from keras_senet.conv import GroupConv2D
 from keras_senet.imagenet import decode_predictions
 from keras_senet.imagenet import preprocess_input
 from keras_senet.layers import SqueezeExcite

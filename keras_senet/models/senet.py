@@ -28,6 +28,7 @@ import math
 
 import keras
 
+from keras_senet.conv import GroupConv2D
 from keras_senet.layers import SqueezeExcite
 from keras_senet.models import _common
 
@@ -93,8 +94,6 @@ def _conv(x, filters, kernel_size, name, strides=1, padding=0, groups=1):
         x = keras.layers.ZeroPadding2D(padding, name=name + "_pad")(x)
     # Grouped convolutions use GroupConv2D (same weights as Conv2D, fast on
     # TensorFlow's CPU; see keras_senet/conv.py).
-    from keras_senet.conv import GroupConv2D
-
     conv_class = GroupConv2D if groups > 1 else keras.layers.Conv2D
     return conv_class(
         filters,
