@@ -249,11 +249,12 @@ def test_main_job_defaults_reach_95_percent(tmp_path):
         os.listdir(run_dir))
     print(f"main job: top-1 {top1:.2f} % in {elapsed:.0f} s wall")
 
-    # The evaluation entry point, on the trained weights, agrees.
+    # The evaluation entry point, on the trained weights, agrees: it takes
+    # the model and image size from the run's summary.json, as a user who
+    # just ran the README's command would expect.
     proc = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", "--model", "se_resnet18",
-         "--weights", str(run_dir / "model.weights.h5"), "--data", "demo",
-         "--image-size", "32"],
+        [sys.executable, "-m", "training.evaluate",
+         "--weights", str(run_dir / "model.weights.h5"), "--data", "demo"],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,6 +18,7 @@ whole saved model (``.keras``, then ``--model`` may be omitted).
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import warnings
@@ -124,10 +125,30 @@ def evaluate(model, dataset):
     return {"top1": float(results["top1"]), "top5": float(results["top5"])}
 
 
+def training_run_summary(weights):
+    """The ``summary.json`` that `training.train` wrote beside ``weights``
+    (a path), or an empty dict."""
+    if weights in (None, "imagenet"):
+        return {}
+    path = os.path.join(os.path.dirname(os.path.abspath(weights)), "summary.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # The validation split is finite with an unknown length: Keras warns.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
+    # Weights from a training run: evaluate as that run did unless told.
+    run = training_run_summary(args.weights)
+    if args.model is None and run.get("model"):
+        args.model = run["model"]
+    if args.image_size is None and run.get("image_size"):
+        args.image_size = int(run["image_size"])
     transform = eval_transform(args.model, args.weights)
     transform = dataclasses.replace(
         transform,
