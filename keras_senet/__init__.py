@@ -18,13 +18,33 @@ from keras_senet.models.senet import SEResNet152
 from keras_senet.models.senet import SEResNeXt26
 from keras_senet.models.senet import SEResNeXt50
 from keras_senet.models.senet import SEResNeXt101
-from keras_senet.zoo import download_weights
-from keras_senet.zoo import list_weights
-from keras_senet import analysis
-from keras_senet import export
 from keras_senet.features import feature_extractor
 from keras_senet.features import feature_info
 from keras_senet.finetune import freeze_backbone
 from keras_senet.surgery import add_squeeze_excite
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `python -m keras_senet.zoo` and
+# `python -m keras_senet.analysis` run their modules only once.
+_LAZY = {
+    "download_weights": ("keras_senet.zoo", "download_weights"),
+    "list_weights": ("keras_senet.zoo", "list_weights"),
+    "zoo": ("keras_senet.zoo", None),
+    "analysis": ("keras_senet.analysis", None),
+    "export": ("keras_senet.export", None),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_senet' has no attribute {name!r}")
+    import importlib
+
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return module if attribute is None else getattr(module, attribute)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -32,58 +32,13 @@ import tempfile
 import keras
 import numpy as np
 
-from keras_senet.layers import PACKAGE
 from keras_senet.layers import SqueezeExcite
+from keras_senet.layers import SqueezeExciteGates  # noqa: F401 (public here too)
 
 
 def se_layers(model):
     """The `SqueezeExcite` layers of ``model`` (top level), in graph order."""
     return [layer for layer in model.layers if isinstance(layer, SqueezeExcite)]
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class SqueezeExciteGates(keras.layers.Layer):
-    """The gates ``(batch, C)`` that a `SqueezeExcite` layer computes.
-
-    Wraps (and shares the weights of) ``squeeze_excite``, applying its own
-    ``squeeze`` and ``excite`` methods to the feature map it receives.
-    """
-
-    def __init__(self, squeeze_excite, **kwargs):
-        super().__init__(**kwargs)
-        if isinstance(squeeze_excite, dict):
-            squeeze_excite = keras.saving.deserialize_keras_object(squeeze_excite)
-        if not isinstance(squeeze_excite, SqueezeExcite):
-            raise ValueError(
-                "`squeeze_excite` must be a SqueezeExcite layer. "
-                f"Received: squeeze_excite={squeeze_excite!r}"
-            )
-        self.squeeze_excite = squeeze_excite
-
-    def build(self, input_shape):
-        if not self.squeeze_excite.built:
-            self.squeeze_excite.build(input_shape)
-        self.built = True
-
-    def call(self, inputs):
-        layer = self.squeeze_excite
-        return layer.excite(layer.squeeze(inputs))
-
-    def compute_output_shape(self, input_shape):
-        channel_axis = -1 if self.squeeze_excite.data_format == "channels_last" else 1
-        return (input_shape[0], input_shape[channel_axis])
-
-    def compute_output_spec(self, inputs):
-        shape = self.compute_output_shape(inputs.shape)
-        dtype = self.squeeze_excite.dtype_policy.variable_dtype
-        return keras.KerasTensor(shape, dtype=dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        config["squeeze_excite"] = keras.saving.serialize_keras_object(
-            self.squeeze_excite
-        )
-        return config
 
 
 def gate_model(model, layer_names=None):
