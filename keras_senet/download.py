@@ -175,7 +175,7 @@ def fetch(
             stacklevel=2,
         )
 
-    with _exclusive_lock(path + ".lock", filename, progress):
+    with exclusive_lock(path + ".lock", filename, progress=progress):
         # Another process may have finished the file while we waited.
         problem = _cached_problem(path, **checks)
         if problem is None:
@@ -360,8 +360,12 @@ def _cached_problem(path, **checks):
 
 
 @contextlib.contextmanager
-def _exclusive_lock(lock_path, filename, progress):
+def exclusive_lock(lock_path, filename, *, progress=True):
     """Holds an exclusive `flock` on ``lock_path``; removes it on release.
+
+    Serialises the processes that produce ``filename`` (every rank of a
+    job fetching or converting the same weights); with ``progress`` a
+    waiting process says so once on stderr.
 
     The lock file is unlinked while still locked, so a process that opened
     it before the unlink must check, once it holds the lock, that its file
@@ -383,7 +387,7 @@ def _exclusive_lock(lock_path, filename, progress):
             except BlockingIOError:
                 if progress and not waited:
                     print(
-                        f"Waiting for another process to download {filename}",
+                        f"Waiting for another process to finish {filename}",
                         file=sys.stderr,
                         flush=True,
                     )

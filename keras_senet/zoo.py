@@ -21,7 +21,6 @@ Command line (to pre-fill a cache for offline clusters)::
 """
 
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -175,22 +174,6 @@ def _copy_by_layer_name(source, target):
             layer.set_weights(src.get_weights())
 
 
-class _FileLock:
-    """An exclusive lock between processes (every rank of a job)."""
-
-    def __init__(self, path):
-        self.path = path + ".lock"
-
-    def __enter__(self):
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-
-
 def _manifest_path(h5_path):
     return h5_path + ".json"
 
@@ -274,7 +257,7 @@ def imagenet_weights_path(model_id, full_model=None):
     path = os.path.join(directory, info.converted_filename)
     if _cached_conversion(info, path):
         return path
-    with _FileLock(path):
+    with download.exclusive_lock(path + ".lock", info.converted_filename):
         if _cached_conversion(info, path):  # another process finished it
             return path
         if full_model is None:
