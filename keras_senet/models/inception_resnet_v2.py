@@ -20,6 +20,7 @@ from keras import ops
 from keras_senet.layers import PACKAGE
 from keras_senet.layers import SqueezeExcite
 from keras_senet.models.inception_v3 import conv_bn
+from keras_senet.models.inception_v3 import stem
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -161,13 +162,7 @@ def inception_resnet_v2_features(
     residual branch.
     """
     axis = channel_axis
-    x = conv_bn(x, 32, 3, "conv1a", strides=2, padding="valid", channel_axis=axis)
-    x = conv_bn(x, 32, 3, "conv2a", padding="valid", channel_axis=axis)
-    x = conv_bn(x, 64, 3, "conv2b", channel_axis=axis)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool3a")(x)
-    x = conv_bn(x, 80, 1, "conv3b", padding="valid", channel_axis=axis)
-    x = conv_bn(x, 192, 3, "conv4a", padding="valid", channel_axis=axis)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool5a")(x)
+    x = stem(x, axis)
     x = _mixed_5b(x, axis)
     for block_type, num_blocks, scale in STAGES:
         for index in range(1, num_blocks + 1):

@@ -59,6 +59,18 @@ def conv_bn(
     return x
 
 
+def stem(x, axis):
+    """The stem Inception-v3 and Inception-ResNet-v2 share (stride 8)."""
+    x = conv_bn(x, 32, 3, "conv1a", strides=2, padding="valid", channel_axis=axis)
+    x = conv_bn(x, 32, 3, "conv2a", padding="valid", channel_axis=axis)
+    x = conv_bn(x, 64, 3, "conv2b", channel_axis=axis)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool3a")(x)
+    x = conv_bn(x, 80, 1, "conv3b", padding="valid", channel_axis=axis)
+    x = conv_bn(x, 192, 3, "conv4a", padding="valid", channel_axis=axis)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool5a")(x)
+    return x
+
+
 def _avg_pool_branch(x, filters, name, axis):
     x = keras.layers.AveragePooling2D(
         3, strides=1, padding="same", name=f"{name}_pool"
@@ -189,13 +201,7 @@ def inception_v3_features(x, *, use_se=True, reduction=16, channel_axis=-1):
     module's concatenation.
     """
     axis = channel_axis
-    x = conv_bn(x, 32, 3, "conv1a", strides=2, padding="valid", channel_axis=axis)
-    x = conv_bn(x, 32, 3, "conv2a", padding="valid", channel_axis=axis)
-    x = conv_bn(x, 64, 3, "conv2b", channel_axis=axis)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool3a")(x)
-    x = conv_bn(x, 80, 1, "conv3b", padding="valid", channel_axis=axis)
-    x = conv_bn(x, 192, 3, "conv4a", padding="valid", channel_axis=axis)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool5a")(x)
+    x = stem(x, axis)
     for index, (module_type, *args) in enumerate(MODULES):
         name = f"mixed{index}"
         branches = _MODULE_TYPES[module_type](x, *args, name, axis)
