@@ -101,11 +101,11 @@ def read_state_dict(path, model, layout):
         max_bytes=memory_budget(model),
         check=lambda shapes: convert.plan(model, shapes, layout=layout),
     )
-    _check_dtypes(path, state_dict)
+    check_dtypes(path, state_dict)
     return state_dict
 
 
-def _check_dtypes(path, state_dict):
+def check_dtypes(path, state_dict):
     """Every weight is floating point (BatchNorm's step counter excepted)."""
     for name, value in state_dict.items():
         if name.endswith(convert.IGNORED_SUFFIXES):

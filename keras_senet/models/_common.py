@@ -296,7 +296,7 @@ def _check_head(record, include_top, classes):
         )
 
 
-def _layout(model_id):
+def checkpoint_layout(model_id):
     """The state-dict layout of ``model_id``'s checkpoints (None when the
     family has no PyTorch counterpart)."""
     from keras_senet.models import senet
@@ -381,6 +381,6 @@ def build_model(
         model,
         record=record,
         path=path,
-        layout=_layout(model_id),
+        layout=checkpoint_layout(model_id),
         reference=reference,
     )
