@@ -144,7 +144,13 @@ def copy_weights(source, model):
     for layer in model.layers:
         if not layer.weights:
             continue
-        values = source.get_layer(layer.name).get_weights()
+        try:
+            values = source.get_layer(layer.name).get_weights()
+        except ValueError:  # not in the source: only a head may be missing
+            if layer.name != HEAD_LAYER:
+                raise
+            skipped.append(layer.name)
+            continue
         if layer.name in adapt:
             in_channels = int(layer.kernel.shape[2])
             values[0] = convert.adapt_input_conv(values[0], in_channels)
