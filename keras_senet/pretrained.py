@@ -388,12 +388,15 @@ def cached_files(record):
 
 def _load_published(model, record, layout, reference):
     full = _head_units(model) == record.num_classes and _channels(model) == 3
+    converted_into_model = []
 
     def build_target():
-        if full:
+        if full:  # the published model itself: convert straight into it
+            converted_into_model.append(True)
             return model
         return reference(include_top=True, classes=record.num_classes, channels=3)
 
     path = converted_weights(record, layout, build_target)
-    _load_weights_h5(model, path, reference, known=(record.num_classes, 3))
+    if not converted_into_model:
+        _load_weights_h5(model, path, reference, known=(record.num_classes, 3))
     return model
