@@ -18,8 +18,10 @@ rebuilders, storage types, dtypes) and maps each to a harmless stand-in
 defined here; torch is never imported and no code from the file runs.
 The container is held to what PyTorch writes: no compressed, encrypted,
 duplicated, unreferenced or unknown zip members, no gaps or overlaps between
-them, no bytes after the end of either format, pickles of at most
-`tensor_file.MAX_METADATA_BYTES`. Every tensor's offset, shape and strides
+them, no bytes after the end of either format; each pickle is walked opcode
+by opcode first (at most `tensor_file.MAX_METADATA_BYTES`, memo indices as
+a pickler writes them), since a few crafted bytes can make the unpickler
+itself allocate GBs. Every tensor's offset, shape and strides
 are checked against its storage, and the memory the tensors need against
 ``max_bytes``, before any tensor data is read (`keras_senet.tensor_file`).
 
@@ -30,6 +32,7 @@ a float32), since NumPy has no bfloat16.
 import collections
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 
@@ -246,52 +249,67 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, dtype, start, view_numel)
 
 
-# --- Pickles read from a stream, within bounds. ----------------------------
+# --- Pickles: checked opcode by opcode before they are unpickled. ----------
+#
+# A few bytes of pickle can make the C unpickler allocate GBs: LONG_BINPUT
+# with index 10**8 grows (and zero-fills) its memo table to 1.5 GB, BINBYTES8
+# asks for its length before reading. `_checked_pickle` walks the opcodes with
+# `pickletools` first, within ``limit`` bytes, refusing memo indices a
+# pickler never writes; the unpickler then runs on those bytes only.
 
 
-class _PickleSource:
-    """The file as the unpickler sees it: at most ``limit`` bytes consumed.
+class _Bounded:
+    """A file as `pickletools.genops` reads it: at most ``limit`` bytes."""
 
-    A pickle can claim a huge bytes object in a few bytes; reads past the
-    end of the file come back short (the unpickler reports the truncation)
-    and a pickle longer than ``limit`` is refused.
-    """
-
-    def __init__(self, file, limit=None):
-        if limit is None:
-            limit = tensor_file.MAX_METADATA_BYTES
+    def __init__(self, file, limit):
         self._file = file
-        self._left = limit
-        self._limit = limit
+        self._left = self._limit = limit
 
     def _take(self, n):
-        if n is None or n < 0 or n > self._left:
+        if n < 0 or n > self._left:
             raise Bad(
-                f"holds a pickle larger than {self._limit} bytes (real "
-                "state dicts need well under 1 MiB); refused"
+                f"holds a pickle larger than {self._limit} bytes (real state "
+                "dicts need well under 1 MiB); refused"
             )
         self._left -= n
 
-    def read(self, n=-1):
+    def read(self, n):
         self._take(n)
         return self._file.read(n)
 
-    def readinto(self, buffer):
-        self._take(len(buffer))
-        return self._file.readinto(buffer)
-
-    def readline(self, n=-1):
+    def readline(self):
         line = self._file.readline(self._left + 1)
         self._take(len(line))
         return line
 
-    def peek(self, n=0):
-        return self._file.peek(n)[: self._left]
 
-
-def _unpickle(source, storages=None):
+def _checked_pickle(file, limit=None):
+    """The bytes of the pickle at ``file``'s position, once checked."""
+    if limit is None:
+        limit = tensor_file.MAX_METADATA_BYTES
+    start = file.tell()
+    memo = 0  # picklers number the memo 0, 1, 2 ...
     try:
-        return _Unpickler(source, storages).load()
+        for opcode, arg, _ in pickletools.genops(_Bounded(file, limit)):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if arg > memo:
+                    raise Bad(
+                        f"holds a crafted pickle (memo index {arg} where a "
+                        f"pickler writes at most {memo}); refused"
+                    )
+                memo += arg == memo
+            elif opcode.name == "MEMOIZE":
+                memo += 1
+    except ValueError as error:  # what genops says of a bad or cut pickle
+        raise Bad(f"is truncated or damaged (its pickle: {error})")
+    length = file.tell() - start
+    file.seek(start)
+    return file.read(length)
+
+
+def _unpickle(data, storages=None):
+    try:
+        return _Unpickler(io.BytesIO(data), storages).load()
     except (EOFError, pickle.UnpicklingError) as error:
         raise Bad(f"is truncated or damaged (its pickle: {error})")
 
@@ -497,7 +515,14 @@ def parse_zip(file, size):
                 "well under 1 MiB); refused"
             )
         storages = {}
-        obj = _unpickle(io.BytesIO(archive.read(info)), storages)
+        data = archive.read(info)
+        pickled = _checked_pickle(io.BytesIO(data))
+        if len(pickled) != len(data):
+            raise Bad(
+                f"has {len(data) - len(pickled)} bytes after the pickle in "
+                "its data.pkl (PyTorch writes none)"
+            )
+        obj = _unpickle(pickled, storages)
     offsets = {}
     for key, (dtype, numel) in storages.items():
         member = f"{top}data/{key}"
@@ -535,7 +560,7 @@ def parse_legacy(file, size):
     """``(locations, checksums)`` of a legacy checkpoint (no checksums)."""
 
     def small_pickle():
-        return _unpickle(_PickleSource(file, 1 << 16))
+        return _unpickle(_checked_pickle(file, 1 << 16))
 
     if small_pickle() != LEGACY_MAGIC_NUMBER:
         raise Bad(
@@ -551,8 +576,8 @@ def parse_legacy(file, size):
             "checkpoints are supported (re-save it on a little-endian machine)"
         )
     storages = {}
-    obj = _unpickle(_PickleSource(file), storages)
-    keys = _unpickle(_PickleSource(file))
+    obj = _unpickle(_checked_pickle(file), storages)
+    keys = _unpickle(_checked_pickle(file))
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise Bad(f"has an invalid storage key list {keys!r:.100}")
     if len(set(keys)) != len(keys):

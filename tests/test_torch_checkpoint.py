@@ -428,6 +428,20 @@ def _binbytes_bomb(path):
     return path
 
 
+# EMPTY_LIST, LONG_BINPUT 10**8, STOP: the unpickler zero-fills a memo
+# table of 10**8 entries (1.5 GB) for these 9 bytes.
+_MEMO_BOMB = b"\x80\x02]r" + struct.pack("<I", 10**8) + b"."
+
+
+def _memo_bomb(path):
+    """A legacy file whose object pickle is `_MEMO_BOMB`."""
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC_NUMBER, 1001, {"little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(_MEMO_BOMB)
+    return path
+
+
 def write_zip(path, members, comment=b""):
     """A zip archive written byte by byte, without data descriptors.
 
@@ -539,11 +553,18 @@ def test_compressed_zip_members_are_refused(tmp_path, deflate_bomb):
 
 
 def test_pickles_are_bounded(tmp_path, monkeypatch):
-    # The unpickler asks for the 1 TiB before reading it: refused either by
-    # the allocator (MemoryError) or, where it overcommits, by the bound.
-    expected = r"pickle larger than \d+ bytes|asks for more memory than"
-    with pytest.raises(CheckpointError, match=expected):
+    with pytest.raises(CheckpointError, match=r"a pickle larger than \d+ bytes"):
         load_state_dict(_binbytes_bomb(tmp_path / "binbytes.pth"))
+    memo = _memo_bomb(tmp_path / "memo.pth")
+    assert memo.stat().st_size < 100
+    with pytest.raises(CheckpointError, match="memo index 100000000 where a pickler"):
+        load_state_dict(memo)
+    # The same 9 bytes as the data.pkl of a zip checkpoint.
+    members = _members(save({"a": torch.ones(2)}, tmp_path / "t.pth", "zip"))
+    crafted = [dict(m, data=_MEMO_BOMB) if m["name"].endswith(".pkl") else m
+               for m in members]
+    with pytest.raises(CheckpointError, match="memo index 100000000"):
+        load_state_dict(write_zip(tmp_path / "memo_zip.pth", crafted))
     sd = {"w" * 5000: torch.ones(1)}  # a 5 kB pickle
     zipped = save(sd, tmp_path / "z.pth", "zip")
     legacy = save(sd, tmp_path / "l.pth", "legacy")
@@ -628,26 +649,23 @@ def test_hostile_files_keep_peak_memory_small(tmp_path, deflate_bomb):
         _expanded_bomb(tmp_path / "expanded.pth"),  # 3 GiB of stride 0
         deflate_bomb,  # inflates to 2 GiB
         _binbytes_bomb(tmp_path / "binbytes.pth"),  # a 1 TiB pickle string
+        _memo_bomb(tmp_path / "memo.pth"),  # a 1.5 GB memo table
     ]
     result = run_reader(
         """
-        import resource
         from keras_senet import torch_checkpoint
 
-        def peak():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-        base = peak()
+        base = peak_rss()
         for path in sys.argv[1:]:
             try:
                 torch_checkpoint.load_state_dict(path)
             except torch_checkpoint.CheckpointError as error:
                 print("refused", str(error)[:80])
-        print(f"growth_mb {peak() - base:.1f}")
+        print(f"growth_mb {(peak_rss() - base) / 2**20:.1f}")
         """,
         *paths,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["refused"] * 3 + ["growth_mb"]
+    assert [line.split()[0] for line in lines] == ["refused"] * 4 + ["growth_mb"]
     assert float(lines[-1].split()[1]) < 300, result.stdout
