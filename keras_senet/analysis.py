@@ -27,10 +27,11 @@ is the sub-folder's name), or ``demo`` for scikit-learn's bundled 8x8 digits
 import argparse
 import os
 import sys
-import tempfile
 
 import keras
 import numpy as np
+
+from keras_senet.download import atomic_write
 
 from keras_senet.layers import SqueezeExcite
 from keras_senet.layers import SqueezeExciteGates  # noqa: F401 (public here too)
@@ -160,8 +161,14 @@ def plot_gates(means, classes, path, *, class_names=None, title=None):
     if not path.lower().endswith(".png"):
         raise ValueError(f"`path` must end in '.png'. Received: path={path!r}")
     names = list(means)
+    # The constrained layout keeps the figure title clear of the first
+    # panel's title (tight_layout ignores suptitle).
     figure, axes = pyplot.subplots(
-        len(names), 1, figsize=(8, 2.4 * len(names)), squeeze=False
+        len(names),
+        1,
+        figsize=(8, 2.4 * len(names)),
+        squeeze=False,
+        layout="constrained",
     )
     for axis, name in zip(axes[:, 0], names):
         for row, label in zip(means[name], classes):
@@ -174,17 +181,11 @@ def plot_gates(means, classes, path, *, class_names=None, title=None):
     axes[0, 0].legend(fontsize=7, ncol=min(5, len(classes)), loc="upper right")
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
-    finally:
-        pyplot.close(figure)
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_write(path) as temporary:
+        try:
+            figure.savefig(temporary, format="png", dpi=100)
+        finally:
+            pyplot.close(figure)
     return path
 
 
@@ -273,33 +274,38 @@ def _parse(argv):
     args = parser.parse_args(argv)
     if args.out is None and args.npz is None:
         parser.error("give --out PNG and/or --npz FILE")
+    if args.out is not None and not args.out.lower().endswith(".png"):
+        parser.error(f"--out must name a .png file. Received: --out {args.out}")
+    if args.npz is not None and not args.npz.lower().endswith(".npz"):
+        parser.error(f"--npz must name a .npz file. Received: --npz {args.npz}")
     return args
 
 
 def _save_npz(path, classes, means):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".npz", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_write(path) as temporary:
         np.savez(temporary, classes=classes, **means)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def main(argv=None):
+    """The command line; user mistakes exit with code 2 and one line."""
     args = _parse(argv)
+    try:
+        return _run(args)
+    except (ValueError, ImportError) as error:
+        print(f"python -m keras_senet.analysis: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     if args.out:
-        try:  # Fail before the model runs, not after.
-            _pyplot()
-        except ImportError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        _pyplot()  # Fail before the model runs, not after.
     from keras_senet.imagenet import preprocess_input
     from keras_senet.models import create_model
 
+    if args.images == "demo":
+        images, labels, class_names = load_demo_images(args.image_size)
+    else:
+        images, labels, class_names = load_image_folder(args.images, args.image_size)
     weights = None if args.weights.lower() == "none" else args.weights
     model = create_model(
         args.model,
@@ -307,10 +313,6 @@ def main(argv=None):
         include_top=False,
         input_shape=(args.image_size, args.image_size, 3),
     )
-    if args.images == "demo":
-        images, labels, class_names = load_demo_images(args.image_size)
-    else:
-        images, labels, class_names = load_image_folder(args.images, args.image_size)
     layer_names = args.layers.split(",") if args.layers else None
     gates = record_gates(
         model, preprocess_input(images), layer_names, batch_size=args.batch_size

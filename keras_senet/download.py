@@ -2,30 +2,47 @@
 
 `fetch` returns the path of a verified copy of a published file, downloading
 it at most once: later calls (and later processes) find it in the cache and
-touch no network. Nothing unverified ever reaches its final name: a download
-goes to a temporary ``.part`` file in the cache directory, is checked, and is
-renamed into place atomically; on any failure the temporary file is removed.
+touch no network. A file may be published at several URLs (mirrors of the
+same bytes); they are tried in order and the first copy that passes every
+check wins. Nothing unverified ever reaches its final name: a download goes
+to a temporary ``<name>.<random>.part`` file beside it, is checked, and is
+renamed into place atomically, with the permissions ``open()`` would give
+(``0o666 & ~umask``); on any failure the temporary file is removed, and the
+next download of the file removes those a killed process left behind.
 Processes that fetch the same file at once (every rank of a distributed job)
 serialise on a lock file, so the file is downloaded once.
+
+Checks, all that apply: the SHA-256 prefix in a published file name, a full
+SHA-256 from the caller or pinned by the user (``KERAS_SENET_SHA256_FILE``),
+the SHA-256 the server states (the Hugging Face hub's ``X-Linked-ETag``),
+the caller's ``validate`` function; and no HTML or text page, empty or
+truncated body is ever taken for the file.
 
 Environment variables:
 
 - ``KERAS_SENET_CACHE``: the cache directory. Default: ``$KERAS_HOME/models``
   when ``KERAS_HOME`` is set, else ``~/.keras/models`` (Keras' own default).
 - ``KERAS_SENET_WEIGHTS_URL``: a mirror; files are then fetched from
-  ``<mirror>/<filename>`` instead of their published URL (``file://`` works).
+  ``<mirror>/<filename>`` instead of their published URLs (``file://``
+  works).
 - ``KERAS_SENET_OFFLINE``: ``1``/``true`` to never touch the network; a file
   not in the cache is then an error that says where to put it.
+- ``KERAS_SENET_SHA256_FILE``: a file of full SHA-256 digests in
+  ``sha256sum`` format (``<64 hex digits>  <file name>`` per line); a listed
+  file must match its digest, cached or downloaded. Published file names
+  carry only 8 hex digits (32 bits) of their digest; this pins all 256.
 
 This module uses the standard library only.
 """
 
 import contextlib
+import dataclasses
+import errno
 import hashlib
 import os
 import re
+import secrets
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -41,12 +58,16 @@ except ImportError:  # pragma: no cover - Windows: no cross-process lock.
 CHUNK_SIZE = 1 << 20
 TIMEOUT = 60  # seconds without data before a download is abandoned
 USER_AGENT = "keras-senet (Python-urllib/{}.{})".format(*sys.version_info[:2])
+PIN_FILE_VARIABLE = "KERAS_SENET_SHA256_FILE"
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 _HEX = re.compile(r"[0-9a-f]+")
+_SHA256 = re.compile(r'"?([0-9a-fA-F]{64})"?')
+_PIN_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 _SNIFF_BYTES = 1024
 _HTML_STARTS = (b"<!doctype", b"<html", b"<head", b"<body", b"<?xml", b"<!--")
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class WeightsDownloadError(OSError):
@@ -54,19 +75,44 @@ class WeightsDownloadError(OSError):
 
     A subclass of `OSError`: it reports a failure of the outside world (the
     network, the server, the file system), not of the caller's arguments,
-    which raise `ValueError`. The message names the URL, the path and, where
-    it applies, what was expected against what was received.
+    which raise `ValueError`. The message names the URLs tried, the path
+    and, where it applies, what was expected against what was received,
+    and what to do about it.
     """
 
 
-def cache_dir():
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """What `fetch_with_digest` returns.
+
+    Attributes:
+        path: the absolute path of the verified file in the cache.
+        sha256: its full SHA-256 (64 lowercase hex digits).
+        url: the URL it was downloaded from by this call; None when it was
+            already in the cache.
+        server_sha256: the SHA-256 the server stated for it (the Hugging Face
+            hub's ``X-Linked-ETag``, or an ``ETag`` that is a SHA-256),
+            which the file was checked against; None when the server stated
+            none or the file was already cached.
+    """
+
+    path: str
+    sha256: str
+    url: str | None = None
+    server_sha256: str | None = None
+
+
+def cache_dir(subdir=None):
     """The directory weight files are cached in, created if needed.
 
     ``$KERAS_SENET_CACHE`` if set, else ``$KERAS_HOME/models`` if
-    ``KERAS_HOME`` is set, else ``~/.keras/models``.
+    ``KERAS_HOME`` is set, else ``~/.keras/models``; with ``subdir`` (a
+    plain relative name), that sub-directory of it.
 
     Raises:
-        WeightsDownloadError: the directory cannot be created.
+        WeightsDownloadError: the directory cannot be created; the message
+            says to set ``KERAS_SENET_CACHE``.
+        ValueError: ``subdir`` is not a plain relative name.
     """
     directory = os.environ.get("KERAS_SENET_CACHE")
     if not directory:
@@ -76,6 +122,9 @@ def cache_dir():
         else:
             directory = os.path.join("~", ".keras", "models")
     directory = os.path.abspath(os.path.expanduser(directory))
+    if subdir is not None:
+        _check_subdir(subdir)
+        directory = os.path.join(directory, os.fspath(subdir))
     _makedirs(directory)
     return directory
 
@@ -86,10 +135,20 @@ def resolve_url(default_url, filename):
     ``<$KERAS_SENET_WEIGHTS_URL>/<filename>`` when that mirror is set (a
     trailing slash on it is ignored), else ``default_url``.
     """
+    return resolve_urls([default_url], filename)[0]
+
+
+def resolve_urls(urls, filename):
+    """The URLs to try, in order, for ``filename``: a list.
+
+    ``urls`` is one URL or a sequence of URLs of the same file. When the
+    mirror ``KERAS_SENET_WEIGHTS_URL`` is set, ``[<mirror>/<filename>]``
+    replaces them.
+    """
     mirror = os.environ.get("KERAS_SENET_WEIGHTS_URL", "").strip()
-    if not mirror:
-        return default_url
-    return mirror.rstrip("/") + "/" + urllib.parse.quote(filename)
+    if mirror:
+        return [mirror.rstrip("/") + "/" + urllib.parse.quote(filename)]
+    return [urls] if isinstance(urls, str) else list(urls)
 
 
 def sha256_file(path):
@@ -99,6 +158,31 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def format_sha256_line(digest, filename):
+    """One line of a ``KERAS_SENET_SHA256_FILE``: ``sha256sum``'s format."""
+    if digest is None:
+        raise ValueError("`digest` must be a SHA-256 digest. Received: digest=None")
+    digest = _check_hex(digest, "digest", length=64)
+    _check_name(filename, "filename")
+    return f"{digest}  {filename}"
+
+
+def pinned_sha256(filename):
+    """The full SHA-256 pinned for ``filename`` in ``KERAS_SENET_SHA256_FILE``.
+
+    None when the variable is unset or the file does not list ``filename``.
+    Lines are ``<64 hex digits>  <name>`` (``sha256sum`` output; ``*`` before
+    the name, blank lines and ``#`` comments allowed); a listed name that is
+    a path matches by its last component.
+
+    Raises:
+        ValueError: the variable names a file that cannot be read, or one
+            with a malformed line (the message names the file and line).
+    """
+    pins = _pins()
+    return pins[0].get(filename) if pins else None
 
 
 def fetch(
@@ -120,12 +204,16 @@ def fetch(
     verification is reported with a warning, discarded and downloaded again.
 
     Args:
-        url: where the file is published (``http(s)://`` or ``file://``).
-            Pass it through `resolve_url` to honour a mirror.
+        url: where the file is published (``http(s)://`` or ``file://``), or
+            a list or tuple of such URLs of the same file, tried in order
+            until one gives a copy that passes every check. Pass it through
+            `resolve_urls` to honour a mirror.
         filename: the file's name in the cache (no directories).
         sha256_prefix: the first hex digits of the file's SHA-256, as in the
             published file names (``se_resnet50-ce0d4300.pth``).
-        sha256: the file's full SHA-256 (64 hex digits).
+        sha256: the file's full SHA-256 (64 hex digits). A digest pinned for
+            ``filename`` in ``KERAS_SENET_SHA256_FILE`` must match as well,
+            and so must the digest the server states, if it states one.
         validate: optional callable ``validate(path)`` that raises if the file
             at ``path`` is not usable (e.g. it does not open). For a fresh
             download ``path`` is the temporary file, before it is renamed.
@@ -133,31 +221,55 @@ def fetch(
         subdir: optional sub-directory of the cache (relative, no ``..``).
 
     Returns:
-        The absolute path of the verified file.
+        The absolute path of the verified file (`fetch_with_digest` also
+        gives its SHA-256 and where it came from).
 
     Raises:
-        ValueError: an argument is malformed.
+        ValueError: an argument or an environment variable is malformed.
         WeightsDownloadError: the file is not cached and ``KERAS_SENET_OFFLINE``
-            is set; the cache directory cannot be written; the server answered
-            with an HTTP error, a truncated body, an HTML or text page, or a
-            file whose hash or ``validate`` check fails. No partial or
-            unverified file is left behind.
+            is set; the cache directory cannot be written or its disk is
+            full; every URL failed: an HTTP or connection error, a truncated
+            body, an HTML or text page, or a file whose hash or ``validate``
+            check fails (the message lists each URL with its reason and the
+            remedies). No partial or unverified file is left behind.
     """
-    sha256_prefix, sha256 = _check_fetch_arguments(
+    return _fetch(url, filename, sha256_prefix, sha256, validate, progress,
+                  subdir, want_digest=False).path
+
+
+def fetch_with_digest(
+    url,
+    filename,
+    *,
+    sha256_prefix=None,
+    sha256=None,
+    validate=None,
+    progress=True,
+    subdir=None,
+):
+    """`fetch`, returning a `Fetched`: the path, the file's full SHA-256 and,
+    for a fresh download, the URL and the SHA-256 the server stated.
+
+    Use it to record a file's digest at its first download (e.g. in a cache
+    manifest) and pass it as ``sha256=`` later. A cached file is hashed to
+    give its digest.
+    """
+    return _fetch(url, filename, sha256_prefix, sha256, validate, progress,
+                  subdir, want_digest=True)
+
+
+def _fetch(url, filename, sha256_prefix, sha256, validate, progress, subdir,
+           want_digest):
+    urls, checks = _check_fetch_arguments(
         url, filename, sha256_prefix, sha256, validate, subdir
     )
     offline = _offline()
-
-    directory = cache_dir()
-    if subdir is not None:
-        directory = os.path.join(directory, os.fspath(subdir))
-        _makedirs(directory)
+    directory = cache_dir(subdir)
     path = os.path.join(directory, filename)
-    checks = dict(sha256_prefix=sha256_prefix, sha256=sha256, validate=validate)
 
-    problem = _cached_problem(path, **checks)
+    problem, digest = _cached_problem(path, checks, want_digest)
     if problem is None:
-        return path
+        return Fetched(path, digest)
     if offline:
         what = (
             f"{filename} is not in the cache"
@@ -165,26 +277,33 @@ def fetch(
             else f"the cached {filename} fails verification ({problem})"
         )
         raise WeightsDownloadError(
-            f"KERAS_SENET_OFFLINE is set and {what}. Download it from {url} "
-            f"and place it at {path}, or unset KERAS_SENET_OFFLINE."
+            f"KERAS_SENET_OFFLINE is set and {what}, so nothing was "
+            f"downloaded. {_remedies(filename, path, urls, offline=True)}"
         )
     if problem != _MISSING:
         warnings.warn(
             f"The cached file {path} fails verification ({problem}); it is "
-            f"discarded and downloaded again from {url}.",
-            stacklevel=2,
+            f"discarded and downloaded again from {' or '.join(urls)}.",
+            stacklevel=3,
         )
 
     with exclusive_lock(path + ".lock", filename, progress=progress):
         # Another process may have finished the file while we waited.
-        problem = _cached_problem(path, **checks)
+        problem, digest = _cached_problem(path, checks, want_digest)
         if problem is None:
-            return path
+            return Fetched(path, digest)
         if problem != _MISSING:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-        _download(url, path, progress=progress, **checks)
-    return path
+            _discard(path)
+        remove_stale_parts(path)  # we hold the lock: nobody writes them
+        failures = []
+        for source in urls:
+            try:
+                digest, stated = _download(source, path, checks, progress)
+            except _Rejected as rejected:
+                failures.append((source, str(rejected)))
+                continue
+            return Fetched(path, digest, source, stated)
+    raise WeightsDownloadError(_all_failed(filename, path, urls, failures))
 
 
 @contextlib.contextmanager
@@ -196,7 +315,8 @@ def atomic_write(path):
     .weights.h5``), so writers that check it, like ``save_weights``, accept
     it. When the ``with`` block succeeds it is synced and renamed to ``path``
     (atomically replacing any file there); when it raises, it is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. The file gets the permissions ``open()``
+    would give it.
 
     Example:
 
@@ -230,35 +350,121 @@ def atomic_write(path):
         raise
 
 
+def remove_stale_parts(path):
+    """Removes the temporary files that writes of ``path`` left behind.
+
+    `fetch` and `atomic_write` write ``<name>.<random>.part`` (plus the
+    extension, for `atomic_write`) next to ``path``; a process killed while
+    writing leaves its file there. Call this only while holding the lock
+    that every writer of ``path`` holds (`fetch` does, under
+    `exclusive_lock`), so that no live writer owns them. Returns the names
+    removed.
+    """
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    extension = name[name.index(".", 1):] if "." in name[1:] else ""
+    stale = re.compile(
+        re.escape(name) + r"\.[0-9a-z_]{8}\.part(?:" + re.escape(extension) + ")?"
+    )
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if stale.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                _discard(entry.path)
+                removed.append(entry.name)
+    return removed
+
+
 # Internals ------------------------------------------------------------------
 
 _MISSING = "missing"
 
 
 class _Rejected(Exception):
-    """A file (cached or downloaded) does not pass verification."""
+    """A file (cached or downloaded) does not pass verification, or one URL
+    did not give it; the message says why, the caller adds URL and path."""
+
+
+class _WriteFailed(Exception):
+    """Writing the temporary file failed (``__cause__``: the OSError)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checks:
+    sha256_prefix: str | None
+    sha256: str | None
+    pinned: tuple | None  # (digest, pin file)
+    validate: object
+
+    @property
+    def hashed(self):
+        return bool(self.sha256_prefix or self.sha256 or self.pinned)
+
+    def verify(self, path, digest, stated=None):
+        """Raises `_Rejected` saying what is wrong with the file at ``path``."""
+        if self.sha256_prefix is not None and not digest.startswith(
+            self.sha256_prefix
+        ):
+            raise _Rejected(
+                f"SHA-256 mismatch: expected a digest starting with "
+                f"{self.sha256_prefix}, got {digest}"
+            )
+        if self.sha256 is not None and digest != self.sha256:
+            raise _Rejected(
+                f"SHA-256 mismatch: expected {self.sha256}, got {digest}"
+            )
+        if self.pinned is not None and digest != self.pinned[0]:
+            raise _Rejected(
+                f"SHA-256 mismatch: {self.pinned[1]} ({PIN_FILE_VARIABLE}) "
+                f"pins {self.pinned[0]}, got {digest}"
+            )
+        if stated is not None and digest != stated:
+            raise _Rejected(
+                f"SHA-256 mismatch: the server stated {stated}, the body "
+                f"hashes to {digest}"
+            )
+        if self.validate is not None:
+            try:
+                self.validate(path)
+            except Exception as e:  # whatever the caller's check raises
+                raise _Rejected(
+                    f"the validate check failed: {type(e).__name__}: {e}"
+                ) from e
 
 
 def _check_fetch_arguments(url, filename, sha256_prefix, sha256, validate, subdir):
-    """Raises ValueError on a malformed argument; returns the hashes, lowercased."""
+    """Raises ValueError on a malformed argument; returns (urls, checks)."""
     _check_name(filename, "filename")
     if subdir is not None:
-        for part in re.split(r"[\\/]", os.fspath(subdir)):
-            _check_name(part, "subdir", value=subdir)
-    scheme = urllib.parse.urlsplit(url).scheme if isinstance(url, str) else None
-    if scheme not in ("http", "https", "file"):
+        _check_subdir(subdir)
+    urls = [url] if isinstance(url, str) else url
+    if not (
+        isinstance(urls, (list, tuple))
+        and urls
+        and all(
+            isinstance(u, str)
+            and urllib.parse.urlsplit(u).scheme in ("http", "https", "file")
+            for u in urls
+        )
+    ):
         raise ValueError(
-            "`url` must be an http://, https:// or file:// URL. "
-            f"Received: url={url!r}"
+            "`url` must be an http://, https:// or file:// URL, or a "
+            f"non-empty list or tuple of them. Received: url={url!r}"
         )
     if validate is not None and not callable(validate):
         raise ValueError(
             f"`validate` must be callable or None. Received: validate={validate!r}"
         )
-    return (
+    pins = _pins()
+    pinned = None
+    if pins and filename in pins[0]:
+        pinned = (pins[0][filename], pins[1])
+    checks = _Checks(
         _check_hex(sha256_prefix, "sha256_prefix"),
         _check_hex(sha256, "sha256", length=64),
+        pinned,
+        validate,
     )
+    return list(urls), checks
 
 
 def _check_name(name, argument, value=None):
@@ -274,6 +480,16 @@ def _check_name(name, argument, value=None):
             f"`{argument}` must be a plain file or directory name (no '/', "
             f"'..' or empty parts). Received: {argument}={value!r}"
         )
+
+
+def _check_subdir(subdir):
+    if not isinstance(subdir, (str, os.PathLike)):
+        raise ValueError(
+            "`subdir` must be a relative directory name. "
+            f"Received: subdir={subdir!r}"
+        )
+    for part in re.split(r"[\\/]", os.fspath(subdir)):
+        _check_name(part, "subdir", value=subdir)
 
 
 def _check_hex(value, argument, length=None):
@@ -304,6 +520,42 @@ def _offline():
     )
 
 
+def _pins():
+    """``({filename: digest}, pin file)`` from KERAS_SENET_SHA256_FILE, or None."""
+    source = os.environ.get(PIN_FILE_VARIABLE, "").strip()
+    if not source:
+        return None
+    try:
+        with open(os.path.expanduser(source), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        raise ValueError(
+            f"The environment variable {PIN_FILE_VARIABLE} must name a "
+            f"readable sha256sum file; {source} cannot be read ({reason}). "
+            f"Received: {PIN_FILE_VARIABLE}={source!r}"
+        ) from e
+    pins = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        match = _PIN_LINE.fullmatch(text)
+        if not match:
+            raise ValueError(
+                f"{source} ({PIN_FILE_VARIABLE}), line {number}: expected "
+                f"'<64 hex digits>  <file name>' (sha256sum's format), got "
+                f"{line!r:.100}"
+            )
+        digest, name = match[1].lower(), match[2].rsplit("/", 1)[-1]
+        if pins.setdefault(name, digest) != digest:
+            raise ValueError(
+                f"{source} ({PIN_FILE_VARIABLE}), line {number}: pins {name} "
+                f"to {digest}, but an earlier line pins it to {pins[name]}"
+            )
+    return pins, source
+
+
 def _unwritable(directory, error):
     return WeightsDownloadError(
         f"The weights cache directory {directory} cannot be written "
@@ -320,43 +572,33 @@ def _makedirs(directory):
 
 
 def _temp_file(directory, name, suffix):
-    try:
-        return tempfile.mkstemp(dir=directory, prefix=name + ".", suffix=suffix)
-    except OSError as e:
-        raise _unwritable(directory, e) from e
-
-
-def _verify(path, digest, *, sha256_prefix, sha256, validate):
-    """Raises `_Rejected` saying what is wrong with the file at ``path``."""
-    if sha256_prefix is not None and not digest.startswith(sha256_prefix):
-        raise _Rejected(
-            f"SHA-256 mismatch: expected a digest starting with "
-            f"{sha256_prefix}, got {digest}"
-        )
-    if sha256 is not None and digest != sha256:
-        raise _Rejected(f"SHA-256 mismatch: expected {sha256}, got {digest}")
-    if validate is not None:
+    """``(fd, path)`` of a new ``<name>.<random><suffix>``, created like
+    ``open(path, "x")``: permissions ``0o666 & ~umask``."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = os.path.join(directory, f"{name}.{secrets.token_hex(4)}{suffix}")
         try:
-            validate(path)
-        except Exception as e:  # whatever the caller's check raises
-            raise _Rejected(
-                f"the validate check failed: {type(e).__name__}: {e}"
-            ) from e
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise _unwritable(directory, e) from e
 
 
-def _cached_problem(path, **checks):
-    """None if ``path`` holds a good file, else `_MISSING` or the reason."""
+def _cached_problem(path, checks, want_digest):
+    """``(None, digest)`` if ``path`` holds a good file, else ``(problem,
+    None)`` with problem `_MISSING` or the reason. ``digest`` is None unless
+    the file was hashed (for a check, or ``want_digest``)."""
     if not os.path.isfile(path):
-        return _MISSING
+        return _MISSING, None
     try:
-        hashed = checks["sha256_prefix"] or checks["sha256"]
-        digest = sha256_file(path) if hashed else None
-        _verify(path, digest, **checks)
+        digest = sha256_file(path) if checks.hashed or want_digest else None
+        checks.verify(path, digest)
     except _Rejected as e:
-        return str(e)
+        return str(e), None
     except OSError as e:
-        return f"it cannot be read: {e}"
-    return None
+        return f"it cannot be read: {e}", None
+    return None, digest
 
 
 @contextlib.contextmanager
@@ -378,7 +620,7 @@ def exclusive_lock(lock_path, filename, *, progress=True):
     waited = False
     while True:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise _unwritable(directory, e) from e
         try:
@@ -417,15 +659,144 @@ def _discard(tmp):
 
 
 def _move_into_place(tmp, path):
-    """Renames ``tmp`` to ``path`` atomically, readable by all like `open`."""
-    os.chmod(tmp, 0o644)  # mkstemp creates files private to the owner
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # make the rename itself durable
+    """Renames ``tmp`` to ``path`` atomically and makes the rename durable."""
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise _unwritable(os.path.dirname(path), e) from e
+    with contextlib.suppress(OSError):
         fd = os.open(os.path.dirname(path), os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _remedies(filename, path, urls, offline=False):
+    where = " or ".join(urls)
+    if offline:
+        return (
+            f"To fix it: download {filename} yourself (published at {where}) "
+            f"and place it at {path}; or unset KERAS_SENET_OFFLINE to download "
+            "it (KERAS_SENET_WEIGHTS_URL=<mirror> fetches it from a mirror)."
+        )
+    return (
+        f"To fix it: set KERAS_SENET_WEIGHTS_URL to a mirror that serves "
+        f"{filename} (it is fetched as <mirror>/{filename}), or download it "
+        f"yourself and place it at {path} (KERAS_SENET_OFFLINE=1 then keeps "
+        "everything off the network)."
+    )
+
+
+def _all_failed(filename, path, urls, failures):
+    if len(failures) == 1:
+        url, reason = failures[0]
+        what = f"Downloading {url} to {path} failed: {reason}."
+    else:
+        lines = "".join(f"\n  - {url}: {reason}" for url, reason in failures)
+        what = (
+            f"Downloading {filename} to {path} failed from all "
+            f"{len(failures)} URLs:{lines}\n"
+        )
+    return f"{what} Nothing was saved. {_remedies(filename, path, urls)}"
+
+
+def _write_failure(url, path, error, written, expected):
+    directory = os.path.dirname(path)
+    if error.errno in _DISK_FULL:
+        need = f"; the file needs {_size(expected)}" if expected else ""
+        return WeightsDownloadError(
+            f"Downloading {url} to {path} failed: the disk is full "
+            f"({error.strerror}) after {_size(written)}{need}. Nothing was "
+            f"saved. Free space on the disk that holds {directory}, or set "
+            "KERAS_SENET_CACHE to a directory on a disk with room."
+        )
+    problem = _unwritable(directory, error)
+    return WeightsDownloadError(
+        f"Downloading {url} to {path} failed: {problem} Nothing was saved."
+    )
+
+
+def _download(url, path, checks, progress):
+    """Downloads ``url`` to ``path`` through a verified temporary file.
+
+    Returns ``(sha256, stated sha256 or None)``. Raises `_Rejected` when
+    this URL did not give a good file (the caller tries the next), and
+    WeightsDownloadError when the cache cannot take it (no use trying on).
+    """
+    directory, filename = os.path.split(path)
+    fd, tmp = _temp_file(directory, filename, suffix=".part")
+    sink = _Sink(fd)
+    try:
+        try:
+            digest, stated = _stream(url, sink, progress, filename)
+            sink.sync()
+        finally:
+            os.close(fd)
+        checks.verify(tmp, digest, stated)
+        _move_into_place(tmp, path)
+    except _WriteFailed as failed:
+        _discard(tmp)
+        raise _write_failure(
+            url, path, failed.__cause__, sink.written, sink.expected
+        ) from failed.__cause__
+    except BaseException:
+        _discard(tmp)
+        raise
+    return digest, stated
+
+
+class _Sink:
+    """Writes a download to its temporary file; a failure is `_WriteFailed`."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.written = 0
+        self.expected = None
+
+    def write(self, data):
+        view = memoryview(data)
+        try:
+            while view:
+                count = os.write(self.fd, view)
+                view = view[count:]
+                self.written += count
+        except OSError as e:
+            raise _WriteFailed() from e
+
+    def sync(self):
+        try:
+            os.fsync(self.fd)  # a full disk may only show here
+        except OSError as e:
+            raise _WriteFailed() from e
+
+
+class _RecordRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib, keeping each redirect's headers: the
+    Hugging Face hub states a file's SHA-256 on its redirect to the CDN."""
+
+    def __init__(self):
+        self.headers = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _stated_sha256(redirect_headers, final_headers):
+    """The SHA-256 the server states for the body, or None.
+
+    ``X-Linked-ETag`` on any response of the chain (the hub's LFS files),
+    else a final ``ETag`` that is a quoted 64-digit hex string.
+    """
+    for headers in [*redirect_headers, final_headers]:
+        match = _SHA256.fullmatch((headers.get("X-Linked-ETag") or "").strip())
+        if match:
+            return match[1].lower()
+    etag = (final_headers.get("ETag") or "").strip()
+    if re.fullmatch(r'"[0-9a-fA-F]{64}"', etag):
+        return etag[1:-1].lower()
+    return None
 
 
 def _looks_like_text(head, content_type):
@@ -443,97 +814,75 @@ def _looks_like_text(head, content_type):
     return None
 
 
-def _download(url, path, *, progress, **checks):
-    """Downloads ``url`` to ``path`` through a verified temporary file."""
-    directory, filename = os.path.split(path)
-    fail = _failure(url, path)
-    fd, tmp = _temp_file(directory, filename, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _stream(url, out, fail, progress, filename)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            _verify(tmp, digest, **checks)
-        except _Rejected as e:
-            raise fail(str(e)) from e.__cause__
-        _move_into_place(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def _failure(url, path):
-    def fail(reason):
-        return WeightsDownloadError(
-            f"Downloading {url} to {path} failed: {reason}. Nothing was saved."
+def _reject_page(head, content_type):
+    page = _looks_like_text(head, content_type)
+    if page:
+        raise _Rejected(
+            f"the server sent {page} instead of the file, starting with "
+            f"{head[:80]!r} (an error or login page?)"
         )
 
-    return fail
 
-
-def _stream(url, out, fail, progress, filename):
-    """Copies the body of ``url`` to ``out``; returns its SHA-256 (hex)."""
+def _stream(url, sink, progress, filename):
+    """Copies the body of ``url`` to ``sink``; returns ``(its SHA-256, the
+    SHA-256 the server stated or None)``."""
+    redirects = _RecordRedirects()
+    opener = urllib.request.build_opener(redirects)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT)
+        response = opener.open(request, timeout=TIMEOUT)
     except urllib.error.HTTPError as e:
-        raise fail(f"HTTP error {e.code} {e.reason}") from e
+        raise _Rejected(f"HTTP error {e.code} {e.reason}") from e
     except (urllib.error.URLError, HTTPException, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise fail(f"it could not be opened ({reason})") from e
+        raise _Rejected(f"it could not be opened ({reason})") from e
     with response:
         content_type = (response.headers.get("Content-Type") or "").lower()
         expected = response.headers.get("Content-Length")
         try:
-            expected = int(expected) if expected is not None else None
+            sink.expected = int(expected) if expected is not None else None
         except ValueError:
-            expected = None
+            sink.expected = None
+        stated = _stated_sha256(redirects.headers, response.headers)
         digest = hashlib.sha256()
         head = b""
         received = 0
-        bar = _ProgressBar(filename, expected) if progress else None
+        bar = _ProgressBar(filename, sink.expected) if progress else None
         try:
             while True:
-                chunk = response.read(CHUNK_SIZE)
+                try:
+                    chunk = response.read(CHUNK_SIZE)
+                except HTTPException as e:  # e.g. IncompleteRead of a chunked body
+                    raise _Rejected(
+                        f"the connection broke after {received} bytes ({e!r})"
+                    ) from e
+                except OSError as e:
+                    raise _Rejected(
+                        f"reading failed after {received} bytes ({e})"
+                    ) from e
                 if not chunk:
                     break
                 if len(head) < _SNIFF_BYTES:
                     head += chunk[: _SNIFF_BYTES - len(head)]
                     if len(head) == _SNIFF_BYTES:  # stop early on a page
-                        _reject_page(head, content_type, fail)
-                out.write(chunk)
+                        _reject_page(head, content_type)
+                sink.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
                 if bar:
                     bar.update(received)
-        except HTTPException as e:  # e.g. IncompleteRead of a chunked body
-            raise fail(
-                f"the connection broke after {received} bytes ({e!r})"
-            ) from e
-        except OSError as e:
-            raise fail(f"reading failed after {received} bytes ({e})") from e
         finally:
             if bar:
                 bar.close()
-    _reject_page(head, content_type, fail)
-    if expected is not None and received != expected:
-        raise fail(
-            f"the body is truncated: expected {expected} bytes "
+    _reject_page(head, content_type)
+    if sink.expected is not None and received != sink.expected:
+        raise _Rejected(
+            f"the body is truncated: expected {sink.expected} bytes "
             f"(Content-Length), received {received} bytes"
         )
     if received == 0:
-        raise fail("the server sent an empty file (0 bytes)")
-    return digest.hexdigest()
-
-
-def _reject_page(head, content_type, fail):
-    page = _looks_like_text(head, content_type)
-    if page:
-        raise fail(
-            f"the server sent {page} instead of the file, starting with "
-            f"{head[:80]!r} (an error or login page?)"
-        )
+        raise _Rejected("the server sent an empty file (0 bytes)")
+    return digest.hexdigest(), stated
 
 
 class _ProgressBar:

@@ -21,15 +21,20 @@
 
 Every file or folder is written under a temporary name next to its target
 and renamed into place, so an interrupted export never leaves a partial
-artifact under the target name.
+artifact under the target name; the result gets the permissions a plain
+``open()`` / ``os.makedirs`` would give it (readable by other users unless
+the umask says otherwise).
 """
 
+import importlib.util
 import os
 import shutil
 import tempfile
 
 import keras
 import numpy as np
+
+from keras_senet.download import atomic_write
 
 QUANTIZATIONS = (None, "int8")
 
@@ -47,7 +52,15 @@ def _static_input_shape(model, input_shape, what):
 
 
 def _replace_dir(temporary, path):
-    """Moves the finished folder ``temporary`` to ``path``."""
+    """Moves the finished folder ``temporary`` to ``path``.
+
+    `tempfile.mkdtemp` makes the folder private to its owner; it gets the
+    permissions `os.makedirs` would give it (0o777 less the umask) first, so
+    that a server running as another user (TF Serving) can read it.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o777 & ~umask)
     old = None
     if os.path.exists(path):
         old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(path))
@@ -176,10 +189,7 @@ def export_tflite(
         )
     else:
         options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".tflite", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_write(path) as temporary:
         model.export(
             temporary,
             format="litert",
@@ -187,18 +197,15 @@ def export_tflite(
             input_signature=[tf.TensorSpec((1,) + shape, tf.float32)],
             **options,
         )
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 
 def export_onnx(model, path, *, input_shape=None, opset_version=None):
     """Exports ``model`` to ONNX through Keras' own ``format="onnx"``.
 
-    Needs ``tf2onnx`` and ``onnx`` (not dependencies of keras-senet:
-    ``pip install tf2onnx onnx``; ``onnxruntime`` runs the result). The
+    Needs ``tf2onnx`` and ``onnx``, the ``onnx`` extra of keras-senet
+    (``pip install "keras-senet[onnx]"``; ``onnxruntime`` runs the result);
+    without them it raises an ImportError that says so. The
     float32 input signature is given explicitly, so the model need not have
     been called before.
 
@@ -210,11 +217,15 @@ def export_onnx(model, path, *, input_shape=None, opset_version=None):
     path = os.fspath(path)
     if not path.endswith(".onnx"):
         raise ValueError(f"`path` must end in '.onnx'. Received: path={path!r}")
+    missing = [m for m in ("tf2onnx", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"export_onnx needs {' and '.join(missing)}, which keras-senet does "
+            'not install by default. Install them with: pip install "keras-senet[onnx]"'
+            "  (or: pip install tf2onnx onnx)"
+        )
     shape = _static_input_shape(model, input_shape, "export_onnx")
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_write(path) as temporary:
         model.export(
             temporary,
             format="onnx",
@@ -222,10 +233,6 @@ def export_onnx(model, path, *, input_shape=None, opset_version=None):
             input_signature=[tf.TensorSpec((None,) + shape, tf.float32)],
             opset_version=opset_version,
         )
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 

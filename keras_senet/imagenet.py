@@ -7,6 +7,7 @@ which is the lexicographic order of the ids) ship with the package in
 
 import functools
 import json
+import operator
 import os
 
 import keras
@@ -33,9 +34,30 @@ def _load_classes():
     return tuple((wnid, lemmas) for wnid, lemmas in entries)
 
 
+@functools.lru_cache(maxsize=1)
+def _short_names():
+    # keras.applications' names: the first WordNet lemma with spaces as
+    # underscores ('Indian_elephant', 'jack-o'-lantern', 'Loafer').
+    return tuple(
+        lemmas.split(",")[0].strip().replace(" ", "_")
+        for _, lemmas in _load_classes()
+    )
+
+
 def class_names():
-    """The 1000 short class names (first lemma), in label order."""
-    return [lemmas.split(",")[0].strip() for _, lemmas in _load_classes()]
+    """The 1000 short class names, in label order.
+
+    The same strings as keras.applications' ``decode_predictions``
+    (``'Indian_elephant'``, ``'tench'``, ...): the first WordNet lemma of each
+    class with spaces written as underscores.
+    """
+    return list(_short_names())
+
+
+def class_descriptions():
+    """The 1000 full WordNet lemma lists (``'tench, Tinca tinca'``), in label
+    order."""
+    return [lemmas for _, lemmas in _load_classes()]
 
 
 def wnids():
@@ -49,22 +71,36 @@ def preprocess_input(
     """Preprocesses RGB images for the SE models' published weights.
 
     Args:
-        x: images with values in [0, 255], RGB, as a NumPy array or a
-            tensor, with the channels last (or first, see ``data_format``);
-            3D (one image) or 4D (a batch).
+        x: images with values in [0, 255], RGB, as a NumPy array, a tensor
+            or a nested list, with the channels last (or first, see
+            ``data_format``); 3D (one image) or 4D (a batch).
         data_format: ``"channels_last"`` or ``"channels_first"``; defaults to
             ``keras.config.image_data_format()``.
-        mean, std: per-channel statistics, on the [0, 1] scale.
+        mean, std: per-channel statistics, on the [0, 1] scale (3 finite
+            numbers each; ``std`` positive).
 
     Returns:
-        ``(x / 255 - mean) / std``, float32 (a NumPy array for NumPy input,
-        a tensor for tensor input).
+        ``(x / 255 - mean) / std``, float32 (a NumPy array for NumPy or list
+        input, a tensor for tensor input).
     """
     data_format = data_format or keras.config.image_data_format()
     if data_format not in ("channels_last", "channels_first"):
         raise ValueError(
             "`data_format` must be 'channels_last' or 'channels_first'. "
             f"Received: data_format={data_format!r}"
+        )
+    mean = _check_statistics(mean, "mean", positive=False)
+    std = _check_statistics(std, "std", positive=True)
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x, "float32")
+        except (TypeError, ValueError):
+            pass  # refused just below, with the type received
+    if isinstance(x, (list, tuple)) or not hasattr(x, "shape"):
+        raise ValueError(
+            "`preprocess_input` expects images: a NumPy array, a tensor or a "
+            "nested list of numbers (N, H, W, 3). Received: x of type "
+            f"{type(x).__name__}"
         )
     ndim = len(x.shape)
     channel_axis = -1 if data_format == "channels_last" else ndim - 3
@@ -76,12 +112,45 @@ def preprocess_input(
         )
     shape = [1] * ndim
     shape[channel_axis] = 3
-    scale = np.reshape(255.0 * np.asarray(std, "float32"), shape)
-    offset = np.reshape(255.0 * np.asarray(mean, "float32"), shape)
-    if isinstance(x, (np.ndarray, list, tuple)) or np.isscalar(x):
+    scale = np.reshape(255.0 * std, shape)
+    offset = np.reshape(255.0 * mean, shape)
+    if isinstance(x, np.ndarray):
         return (np.asarray(x, "float32") - offset) / scale
     x = keras.ops.cast(x, "float32")
     return (x - offset) / scale
+
+
+def _check_statistics(values, name, *, positive):
+    """Three finite numbers (``std``: positive ones) as float32."""
+    try:
+        array = np.asarray(values, "float64")
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.shape != (3,):
+        raise ValueError(
+            f"`{name}` must hold 3 numbers (one per RGB channel). "
+            f"Received: {name}={values!r}"
+        )
+    if not np.all(np.isfinite(array)) or (positive and np.any(array <= 0)):
+        kind = "positive finite" if positive else "finite"
+        raise ValueError(
+            f"`{name}` must hold 3 {kind} numbers. Received: {name}={values!r}"
+        )
+    return array.astype("float32")
+
+
+def _check_top(top):
+    """``top`` as an int in [1, 1000]: Python or NumPy integers, no bools."""
+    if isinstance(top, (bool, np.bool_)):
+        top = None
+    else:
+        try:
+            top = operator.index(top)
+        except TypeError:
+            top = None
+    if top is None or not 1 <= top <= 1000:
+        return None
+    return top
 
 
 def decode_predictions(preds, top=5):
@@ -101,18 +170,15 @@ def decode_predictions(preds, top=5):
             "`decode_predictions` expects a batch of ImageNet predictions, "
             f"shape (samples, 1000). Received: preds.shape={preds.shape}"
         )
-    if not isinstance(top, int) or not 1 <= top <= 1000:
+    checked = _check_top(top)
+    if checked is None:
         raise ValueError(
             f"`top` must be an integer in [1, 1000]. Received: top={top!r}"
         )
     classes = _load_classes()
+    names = _short_names()
     results = []
     for row in preds:
-        best = np.argsort(-row, kind="stable")[:top]
-        results.append(
-            [
-                (classes[i][0], classes[i][1].split(",")[0].strip(), float(row[i]))
-                for i in best
-            ]
-        )
+        best = np.argsort(-row, kind="stable")[:checked]
+        results.append([(classes[i][0], names[i], float(row[i])) for i in best])
     return results

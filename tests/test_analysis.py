@@ -1,5 +1,6 @@
 """Excitation analysis: recorded gates, per-class means, plot, CLI."""
 
+import os
 import sys
 
 import keras
@@ -9,6 +10,7 @@ import pytest
 from keras_senet import create_model
 from keras_senet import layers as se_layers
 from keras_senet import preprocess_input
+from keras_senet.analysis import _save_npz
 from keras_senet.analysis import gate_model
 from keras_senet.analysis import main
 from keras_senet.analysis import mean_gates_by_class
@@ -136,9 +138,67 @@ def test_cli_records_per_class_means_from_an_image_folder(model, tmp_path):
             np.testing.assert_allclose(saved[name][row], expected, rtol=1e-4, atol=1e-6)
 
 
-def test_cli_rejects_a_missing_image_folder(tmp_path):
-    with pytest.raises(ValueError, match="--images.*nowhere"):
-        main(["--model", "se_resnet18", "--images", str(tmp_path / "nowhere"),
-              "--image-size", "32", "--npz", str(tmp_path / "x.npz")])
-    with pytest.raises(SystemExit):
-        main(["--model", "se_resnet18", "--images", "demo"])  # no output asked
+def test_cli_answers_user_mistakes_with_one_line(tmp_path, capsys):
+    code = main(["--model", "se_resnet18", "--images", str(tmp_path / "nowhere"),
+                 "--image-size", "32", "--npz", str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--images" in err and "nowhere" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code = main(["--model", "no_such_model", "--images", "demo", "--image-size", "32",
+                 "--npz", str(tmp_path / "x.npz")])
+    assert code == 2 and "no_such_model" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+    for argv in (
+        ["--model", "se_resnet18", "--images", "demo"],  # no output asked
+        # Output names are checked before anything is computed.
+        ["--model", "se_resnet18", "--images", "demo", "--out", str(tmp_path / "g.jpg")],
+        ["--model", "se_resnet18", "--images", "demo", "--npz", str(tmp_path / "g.txt")],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+
+
+def test_cli_without_matplotlib_fails_before_computing(monkeypatch, tmp_path, capsys):
+    import keras_senet.models
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(
+        keras_senet.models, "create_model",
+        lambda *a, **k: pytest.fail("the model was built before the check"),
+    )
+    code = main(["--model", "se_resnet18", "--images", "demo", "--image-size", "32",
+                 "--npz", str(tmp_path / "g.npz"), "--out", str(tmp_path / "g.png")])
+    assert code == 2 and "keras-senet[plot]" in capsys.readouterr().err
+
+
+def test_outputs_follow_the_umask(model, tmp_path):
+    pytest.importorskip("matplotlib")
+    previous = os.umask(0o022)
+    try:
+        npz = tmp_path / "g.npz"
+        _save_npz(npz, np.asarray(["a"]), {"x_se": np.zeros((1, 4))})
+        png = plot_gates({"x_se": np.zeros((1, 4))}, [0], tmp_path / "g.png")
+    finally:
+        os.umask(previous)
+    for path in (npz, png):
+        assert os.stat(path).st_mode & 0o777 == 0o644, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.npz", "g.png"]
+
+
+def test_plot_title_clears_the_first_panel_title(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib import pyplot
+
+    figures = []
+    monkeypatch.setattr(pyplot, "close", figures.append)
+    # Six panels (tall figure): with tight_layout the gap shrank to ~1 px.
+    means = {f"conv{i}_block1_se": np.full((10, 8), 0.5) for i in range(6)}
+    plot_gates(means, list(range(10)), tmp_path / "g.png", title="se_resnet50: gates")
+    (figure,) = figures
+    renderer = figure.canvas.get_renderer()
+    title_box = figure._suptitle.get_window_extent(renderer)
+    panel_box = figure.axes[0].title.get_window_extent(renderer)
+    assert not title_box.overlaps(panel_box)
+    assert title_box.y0 >= panel_box.y1 + 4  # pixels of clearance
+    matplotlib.pyplot.close(figure)

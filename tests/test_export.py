@@ -192,3 +192,38 @@ def test_onnx_export_matches_keras(tmp_path):
     x = _images(2, seed=11)
     (out,) = session.run(None, {session.get_inputs()[0].name: x})
     np.testing.assert_allclose(out, model(x), atol=1e-4)
+
+
+def test_onnx_without_its_packages_names_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: None if name in ("tf2onnx", "onnx") else real(name, *a),
+    )
+    model = _logits_model("se_resnet18")
+    with pytest.raises(ImportError, match=r"keras-senet\[onnx\]"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exports_are_readable_by_other_users(se_resnet18_tflite, tmp_path):
+    """Exports get the permissions of open() / makedirs (umask), not 0600."""
+    model, float_path, _ = se_resnet18_tflite
+    assert os.stat(float_path).st_mode & 0o777 == 0o777 & 0o666 & ~_umask()
+    previous = os.umask(0o027)
+    try:
+        path = export_saved_model(model, tmp_path / "served")
+        tflite = export_tflite(model, tmp_path / "m.tflite")
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == 0o750
+    assert os.stat(tflite).st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "served"]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

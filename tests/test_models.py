@@ -365,13 +365,13 @@ def test_decode_predictions_uses_the_shipped_class_names():
     assert wnids == sorted(wnids)  # the standard label order
     assert wnids[0] == "n01440764" and wnids[-1] == "n15075141"
     names = imagenet.class_names()
-    assert names[0] == "tench" and names[207] == "golden retriever"
+    assert names[0] == "tench" and names[207] == "golden_retriever"
     preds = np.zeros((2, 1000), "float32")
     preds[0, [207, 1, 999]] = [0.7, 0.2, 0.1]
     preds[1, 0] = 1.0
     decoded = keras_senet.decode_predictions(preds, top=3)
     assert [d[0] for d in decoded[0]] == ["n02099601", "n01443537", "n15075141"]
-    assert decoded[0][0][1] == "golden retriever"
+    assert decoded[0][0][1] == "golden_retriever"
     assert decoded[0][0][2] == pytest.approx(0.7)
     assert decoded[1][0][:2] == ("n01440764", "tench")
     with pytest.raises(ValueError, match=r"preds.shape=\(2, 10\)"):

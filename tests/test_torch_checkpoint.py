@@ -6,17 +6,20 @@ storage views) and hostile ones are written with `pickle` directly.
 """
 
 import collections
+import io
 import os
 import pickle
-import subprocess
-import sys
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 import timm
 import torch
+from isolated_reader import run_reader
 
+from keras_senet import tensor_file
 from keras_senet.torch_checkpoint import LEGACY_MAGIC_NUMBER
 from keras_senet.torch_checkpoint import CheckpointError
 from keras_senet.torch_checkpoint import load_state_dict
@@ -134,25 +137,18 @@ def test_not_a_state_dict(tmp_path, fmt):
 
 
 def test_reads_without_torch(tmp_path):
-    """The module alone, in a process where `import torch` fails."""
+    """The reader alone, in a process where `import torch` fails."""
     sd = {"w": torch.randn(3, 4), "b": torch.arange(5)}
     paths = [save(sd, tmp_path / f"{fmt}.pth", fmt) for fmt in FORMATS]
-    module = os.path.join(
-        os.path.dirname(__file__), "..", "keras_senet", "torch_checkpoint.py"
-    )
-    script = (
-        "import importlib.util, sys\n"
-        "sys.modules['torch'] = None\n"
-        f"spec = importlib.util.spec_from_file_location('tc', {module!r})\n"
-        "tc = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(tc)\n"
-        "for path in sys.argv[1:]:\n"
-        "    for name, array in tc.load_state_dict(path).items():\n"
-        "        print(name, array.dtype, array.tobytes().hex())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, *map(str, paths)],
-        capture_output=True, text=True, timeout=120,
+    result = run_reader(
+        """
+        from keras_senet import torch_checkpoint
+        for path in sys.argv[1:]:
+            for name, array in torch_checkpoint.load_state_dict(path).items():
+                print(name, array.dtype, array.tobytes().hex())
+        assert "keras" not in sys.modules and sys.modules["torch"] is None
+        """,
+        *paths,
     )
     assert result.returncode == 0, result.stderr
     expected = [
@@ -407,3 +403,269 @@ def test_missing_file_and_bad_argument(tmp_path):
     with pytest.raises(ValueError, match="Received: path=42"):
         load_state_dict(42)
     assert issubclass(CheckpointError, ValueError)
+
+
+# --- Memory bombs, and what PyTorch never writes. ---------------------------
+#
+# Nothing a file claims is allocated before the total is checked against
+# `max_bytes`; the zip container is held to what torch.save writes.
+
+
+def _expanded_bomb(path, count=3):
+    """A few hundred bytes: ``count`` stride-0 float32 tensors of 1 GiB each
+    over one 1-element storage."""
+    storage = _Storage("0", torch.FloatStorage, 1)
+    obj = {f"t{i}": _OldTensor(storage, 0, (1 << 28,), (0,)) for i in range(count)}
+    return write_legacy(path, obj, {"0": np.ones(1, "<f4")})
+
+
+def _binbytes_bomb(path):
+    """A legacy file whose pickle claims a 1 TiB bytes object in 9 bytes."""
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC_NUMBER, 1001, {"little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"xyz")
+    return path
+
+
+# EMPTY_LIST, LONG_BINPUT 10**8, STOP: the unpickler zero-fills a memo
+# table of 10**8 entries (1.5 GB) for these 9 bytes.
+_MEMO_BOMB = b"\x80\x02]r" + struct.pack("<I", 10**8) + b"."
+
+
+def _memo_bomb(path):
+    """A legacy file whose object pickle is `_MEMO_BOMB`."""
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC_NUMBER, 1001, {"little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(_MEMO_BOMB)
+    return path
+
+
+def write_zip(path, members, comment=b""):
+    """A zip archive written byte by byte, without data descriptors.
+
+    ``members``: dicts with ``name`` and ``data`` (as stored), optional
+    ``method`` (0 stored, 8 deflated), ``size`` (uncompressed), ``crc``,
+    ``local_name`` (the local header's name, if it differs) and ``gap``
+    (bytes of padding after the member).
+    """
+    out, central = bytearray(), bytearray()
+    for m in members:
+        name, data = m["name"].encode(), m["data"]
+        method = m.get("method", 0)
+        size = m.get("size", len(data))
+        crc = m.get("crc", zlib.crc32(data))
+        local = m.get("local_name", m["name"]).encode()
+        offset = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0,
+                           crc, len(data), size, len(local), 0)
+        out += local + data + bytes(m.get("gap", 0))
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0,
+                               method, 0, 0, crc, len(data), size, len(name),
+                               0, 0, 0, 0, 0, offset) + name
+    n = len(members)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(central),
+                      len(out), len(comment))
+    path.write_bytes(bytes(out + central + end + comment))
+    return path
+
+
+def _members(path):
+    """The members of a zip checkpoint as `write_zip` dicts."""
+    with zipfile.ZipFile(path) as archive:
+        return [{"name": i.filename, "data": archive.read(i)}
+                for i in archive.infolist()]
+
+
+def _zip_pickle(obj):
+    buffer = io.BytesIO()
+    _LegacyPickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def _deflate_bomb(path, gib=2):
+    """About 2 MB: a deflated storage member that inflates to ``gib`` GiB
+    of zeros (one sync-flushed 1 MiB segment, repeated)."""
+    numel = (gib << 30) // 4
+    obj = {"w": _OldTensor(_Storage("0", torch.FloatStorage, numel), 0,
+                           (numel,), (1,))}
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = compressor.compress(bytes(1 << 20))
+    segment += compressor.flush(zlib.Z_SYNC_FLUSH)
+    stream = segment * (gib << 10) + b"\x03\x00"  # + an empty final block
+    return write_zip(path, [
+        {"name": "bomb/data.pkl", "data": _zip_pickle(obj)},
+        {"name": "bomb/data/0", "data": stream, "method": 8,
+         "size": gib << 30, "crc": 0},
+    ])
+
+
+def test_expanded_tensors_are_refused_by_the_total_budget(tmp_path):
+    # Each tensor is within any per-tensor cap; together they claim 3 GiB.
+    path = _expanded_bomb(tmp_path / "expanded.pth")
+    assert path.stat().st_size < 500
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "3.00 GiB" in message and "max_bytes=2147483648" in message
+    with pytest.raises(CheckpointError, match="more than the limit of 1.0 KiB"):
+        load_state_dict(_expanded_bomb(tmp_path / "small.pth", count=1),
+                        max_bytes=1024)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_budget_counts_arrays_and_staging_buffers(tmp_path, fmt):
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    sd = {
+        "w": torch.ones(3, 4),  # read straight into its array: 48
+        "v": base[1:3, ::2],  # strided: array 24 + storage span 44
+        "h": torch.ones(5, dtype=torch.bfloat16),  # float32 20 + raw 10
+        "b": torch.ones(6, dtype=torch.bool),  # bool 6 + raw 6
+    }
+    path = save(sd, tmp_path / "sd.pth", fmt)
+    assert_bitwise_equal(load_state_dict(path, max_bytes=158), sd)
+    with pytest.raises(CheckpointError, match=r"\(158 bytes\).*max_bytes=157"):
+        load_state_dict(path, max_bytes=157)
+
+
+@pytest.fixture(scope="module")
+def deflate_bomb(tmp_path_factory):
+    return _deflate_bomb(tmp_path_factory.mktemp("bomb") / "deflated.pth")
+
+
+def test_compressed_zip_members_are_refused(tmp_path, deflate_bomb):
+    assert deflate_bomb.stat().st_size < 4 << 20
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(deflate_bomb)
+    assert str(deflate_bomb) in str(info.value)
+    assert "compressed zip member 'bomb/data/0' (method 8)" in str(info.value)
+    # A data.pkl deflated by a re-zipping tool: refused before unpickling.
+    src = save({"a": torch.ones(3)}, tmp_path / "t.pth", "zip")
+    path = tmp_path / "deflated_pickle.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member in _members(src):
+            method = zipfile.ZIP_DEFLATED if member["name"].endswith(".pkl") else 0
+            archive.writestr(member["name"], member["data"], compress_type=method)
+    with pytest.raises(CheckpointError, match=r"compressed zip member 't/data\.pkl'"):
+        load_state_dict(path)
+
+
+def test_pickles_are_bounded(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match=r"a pickle larger than \d+ bytes"):
+        load_state_dict(_binbytes_bomb(tmp_path / "binbytes.pth"))
+    memo = _memo_bomb(tmp_path / "memo.pth")
+    assert memo.stat().st_size < 100
+    with pytest.raises(CheckpointError, match="memo index 100000000 where a pickler"):
+        load_state_dict(memo)
+    # The same 9 bytes as the data.pkl of a zip checkpoint.
+    members = _members(save({"a": torch.ones(2)}, tmp_path / "t.pth", "zip"))
+    crafted = [dict(m, data=_MEMO_BOMB) if m["name"].endswith(".pkl") else m
+               for m in members]
+    with pytest.raises(CheckpointError, match="memo index 100000000"):
+        load_state_dict(write_zip(tmp_path / "memo_zip.pth", crafted))
+    sd = {"w" * 5000: torch.ones(1)}  # a 5 kB pickle
+    zipped = save(sd, tmp_path / "z.pth", "zip")
+    legacy = save(sd, tmp_path / "l.pth", "legacy")
+    assert load_state_dict(zipped) and load_state_dict(legacy)
+    monkeypatch.setattr(tensor_file, "MAX_METADATA_BYTES", 2000)
+    with pytest.raises(CheckpointError, match=r"data\.pkl of \d+ bytes, more than 2000"):
+        load_state_dict(zipped)
+    with pytest.raises(CheckpointError, match="a pickle larger than 2000 bytes"):
+        load_state_dict(legacy)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_trailing_bytes_are_refused(tmp_path, fmt):
+    path = save({"a": torch.ones(4)}, tmp_path / "t.pth", fmt)
+    path.write_bytes(path.read_bytes() + b"\0hidden")
+    expected = {
+        "legacy": "has 7 trailing bytes after its last storage",
+        "zip": "has 7 bytes after its zip directory",
+    }[fmt]
+    with pytest.raises(CheckpointError, match=expected):
+        load_state_dict(path)
+
+
+def test_zip_members_pytorch_never_writes_are_refused(tmp_path):
+    sd = {"a": torch.arange(4.0), "b": torch.arange(3)}
+    members = _members(save(sd, tmp_path / "t.pth", "zip"))
+    # The same members rewritten without PyTorch's padding and data
+    # descriptors (as a re-zipping tool would) are still a good checkpoint.
+    assert_bitwise_equal(load_state_dict(write_zip(tmp_path / "ok.pth", members)), sd)
+    first_storage = next(i for i, m in enumerate(members) if "/data/" in m["name"])
+    cases = {
+        "unreferenced": (
+            members + [{"name": "t/data/9", "data": bytes(8)}],
+            r"storages no tensor uses \(\['t/data/9'\]\)",
+        ),
+        "unknown": (
+            members + [{"name": "t/payload.py", "data": b"print(1)"}],
+            "member 't/payload.py', which PyTorch does not write",
+        ),
+        "duplicate": (
+            members + [dict(members[first_storage], data=bytes(16))],
+            r"zip members more than once: \['t/data/0'\]",
+        ),
+        "gap": (
+            [dict(m, gap=16 * (i == 0)) for i, m in enumerate(members)],
+            "a gap between zip members",
+        ),
+        "renamed-locally": (
+            [dict(m, local_name="t/data/x" if i == first_storage else m["name"])
+             for i, m in enumerate(members)],
+            "local header of zip member 't/data/0' does not match",
+        ),
+    }
+    for case, (crafted, expected) in cases.items():
+        path = write_zip(tmp_path / f"{case}.pth", crafted)
+        with pytest.raises(CheckpointError, match=expected) as info:
+            load_state_dict(path)
+        assert str(path) in str(info.value), case
+    path = write_zip(tmp_path / "comment.pth", members, comment=b"hello")
+    with pytest.raises(CheckpointError, match="5 bytes after its zip directory"):
+        load_state_dict(path)
+
+
+def test_damaged_storage_bytes_fail_their_crc(tmp_path):
+    sd = {"a": torch.arange(16.0), "view": torch.arange(8.0)[2:5]}
+    path = save(sd, tmp_path / "t.pth", "zip")
+    for member in ("t/data/0", "t/data/1"):  # read whole / through a view
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:
+            offset = archive.getinfo(member).header_offset
+        name_length, extra_length = struct.unpack_from("<HH", data, offset + 26)
+        data[offset + 30 + name_length + extra_length + 4] ^= 0x40
+        damaged = tmp_path / "damaged.pth"
+        damaged.write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match="fail their CRC-32 check"):
+            load_state_dict(damaged)
+
+
+def test_hostile_files_keep_peak_memory_small(tmp_path, deflate_bomb):
+    """Files that claim GiBs are refused with the memory use of a few MB."""
+    paths = [
+        _expanded_bomb(tmp_path / "expanded.pth"),  # 3 GiB of stride 0
+        deflate_bomb,  # inflates to 2 GiB
+        _binbytes_bomb(tmp_path / "binbytes.pth"),  # a 1 TiB pickle string
+        _memo_bomb(tmp_path / "memo.pth"),  # a 1.5 GB memo table
+    ]
+    result = run_reader(
+        """
+        from keras_senet import torch_checkpoint
+
+        base = peak_rss()
+        for path in sys.argv[1:]:
+            try:
+                torch_checkpoint.load_state_dict(path)
+            except torch_checkpoint.CheckpointError as error:
+                print("refused", str(error)[:80])
+        print(f"growth_mb {(peak_rss() - base) / 2**20:.1f}")
+        """,
+        *paths,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["refused"] * 4 + ["growth_mb"]
+    assert float(lines[-1].split()[1]) < 300, result.stdout
