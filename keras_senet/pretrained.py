@@ -220,12 +220,6 @@ def _load_weights_h5(model, path, reference, known=None):
 # --- Published weights ---------------------------------------------------------
 
 
-def _cache_directory():
-    directory = os.path.join(download.cache_dir(), CACHE_SUBDIR)
-    os.makedirs(directory, exist_ok=True)
-    return directory
-
-
 def _read_json(path):
     """A JSON object (dict) from ``path``, or None: missing, unreadable,
     damaged, or not an object (``null``, a list) all mean no manifest."""
@@ -270,35 +264,34 @@ def _cached_conversion(record, path):
     return path
 
 
-def _expected_sha256(source, directory):
-    """The full digest to hold ``source`` to, or None: a pinned one
-    (``KERAS_SENET_SHA256_FILE``), the record's, or the one recorded at the
-    file's first download."""
-    pinned = download.pinned_sha256(source.filename)
-    if pinned:
-        return pinned
-    if source.sha256:
-        return source.sha256
-    recorded = _read_json(_manifest_path(os.path.join(directory, source.filename)))
-    return recorded.get("sha256") if recorded else None
+def _recorded(directory, source):
+    """The record of ``source``'s first download (its ``<file>.json``)."""
+    return _read_json(_manifest_path(os.path.join(directory, source.filename)))
 
 
 def _fetch_checkpoint(record, target, layout):
     """``(source, path, state_dict)`` of the first source that downloads and
-    verifies; raises `download.WeightsDownloadError` listing every attempt."""
-    directory = _cache_directory()
+    verifies; raises `download.WeightsDownloadError` listing every attempt.
+
+    Each source is held to its hash prefix, to its full SHA-256 where the
+    record knows it or else to the one recorded at its first download (a
+    digest pinned in ``KERAS_SENET_SHA256_FILE`` and the one the hub states
+    are checked by `download.fetch` too), and its names and shapes to the
+    model before its data is read.
+    """
+    directory = download.cache_dir(CACHE_SUBDIR)
     attempts = []
     for source in record.sources:
         checked = {}
 
-        def validate(path, source=source):
+        def validate(path):
             checked["state_dict"] = read_state_dict(path, target, layout)
 
-        expected = _expected_sha256(source, directory)
-        urls = download.resolve_urls(list(source.urls), source.filename)
+        recorded = _recorded(directory, source)
+        expected = source.sha256 or (recorded or {}).get("sha256")
         try:
-            path = download.fetch(
-                urls,
+            fetched = download.fetch_with_digest(
+                download.resolve_urls(source.urls, source.filename),
                 source.filename,
                 sha256_prefix=source.sha256_prefix,
                 sha256=expected,
@@ -306,36 +299,50 @@ def _fetch_checkpoint(record, target, layout):
                 subdir=CACHE_SUBDIR,
             )
         except download.WeightsDownloadError as e:
-            attempts.append((source, e))
+            attempts.append((source, e, recorded is not None and not source.sha256))
             continue
-        if expected is None:  # first download of a file without a digest
+        if recorded is None:  # its first download (or a cache from before)
             _write_json(
-                _manifest_path(path),
-                {"sha256": sha256_file(path), "urls": list(urls), "recorded": "first download"},
+                _manifest_path(fetched.path),
+                {
+                    "file": source.filename,
+                    "sha256": fetched.sha256,
+                    "url": fetched.url,
+                    "server_sha256": fetched.server_sha256,
+                    "recorded": "at the first download; later copies must match",
+                },
             )
         state_dict = checked.get("state_dict")
         if state_dict is None:
-            state_dict = read_state_dict(path, target, layout)
-        return source, path, state_dict
+            state_dict = read_state_dict(fetched.path, target, layout)
+        return source, fetched.path, state_dict
     raise download.WeightsDownloadError(_all_failed(record, attempts, directory))
 
 
 def _all_failed(record, attempts, directory):
-    lines = [f"No source of the weights {record.name} could be used:"]
-    for source, error in attempts:
-        lines.append(f"  - {source.filename}: {error}")
-    files = ", ".join(s.filename for s in record.sources)
-    first = record.sources[0]
-    lines.append(
-        "Remedies: check the network, or set KERAS_SENET_WEIGHTS_URL to a "
-        f"mirror that serves {files} (fetched as <mirror>/<file name>); or "
-        f"download {first.urls[0]} yourself and place it at "
-        f"{os.path.join(directory, first.filename)}; or pass weights=<path "
-        "to a .pth / .safetensors / .weights.h5 file>. A file refused for its "
-        "SHA-256 against a digest recorded at its first download (<file>.json "
-        "beside it) changed since: delete that record to accept it."
+    """One error for every source that failed, with what to do."""
+    lines = []
+    for index, (source, error, by_record) in enumerate(attempts, 1):
+        line = f"{str(error).strip()}"
+        if by_record:
+            line += (
+                f" (The SHA-256 expected is the one recorded at the file's "
+                f"first download in {_manifest_path(os.path.join(directory, source.filename))}"
+                "; the file has changed since. Delete that record to accept "
+                "the new file.)"
+            )
+        lines.append(line if len(attempts) == 1 else f"  {index}. {source.filename}: {line}")
+    fallback = (
+        "Or pass weights=<path to a copy of "
+        f"{' or '.join(s.filename for s in record.sources)}> to load it from "
+        "a file."
     )
-    return "\n".join(lines)
+    if len(attempts) == 1:
+        return f"{lines[0]} {fallback}"
+    return (
+        f"The weights {record.name} could not be loaded from any of their "
+        f"{len(attempts)} sources, tried in order:\n" + "\n".join(lines) + f"\n{fallback}"
+    )
 
 
 def converted_weights(record, layout, build_target):
@@ -345,7 +352,7 @@ def converted_weights(record, layout, build_target):
     with the published head and 3 input channels); several processes calling
     this at once (every rank of a distributed job) end with one good file.
     """
-    directory = _cache_directory()
+    directory = download.cache_dir(CACHE_SUBDIR)
     path = os.path.join(directory, record.converted_filename)
     if _cached_conversion(record, path):
         return path
@@ -374,7 +381,7 @@ def converted_weights(record, layout, build_target):
 def cached_files(record):
     """The cached checkpoint of ``record`` (the one converted) and its
     converted ``.weights.h5``, for those that exist."""
-    directory = _cache_directory()
+    directory = download.cache_dir(CACHE_SUBDIR)
     path = os.path.join(directory, record.converted_filename)
     files = []
     manifest = _read_json(_manifest_path(path)) or {}
