@@ -493,7 +493,6 @@ def main(argv=None):
     """
     import argparse
     import os
-    import sys
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_senet.zoo",
@@ -525,17 +524,19 @@ def main(argv=None):
 
     try:
         for name in names:
-            for record_name, paths in download_weights([name]).items():
+            for paths in download_weights([name]).values():
                 # The downloaded checkpoint (what a pin file pins), in
                 # sha256sum format; the converted file's digest is in its
                 # manifest.
                 for path in paths:
                     if not path.endswith(".weights.h5"):
-                        print(f"{download.sha256_file(path)}  {os.path.basename(path)}", flush=True)
+                        line = download.format_sha256_line(
+                            download.sha256_file(path), os.path.basename(path)
+                        )
+                        print(line, flush=True)
     except (OSError, ValueError) as error:
         message = " ".join(str(error).split())
         parser.exit(2, f"{parser.prog}: error: {message}\n")
-    sys.stdout.flush()
     return 0
 
 
