@@ -12,6 +12,7 @@ import pytest
 from keras_senet import create_model
 from keras_senet.finetune import freeze_backbone
 from keras_senet.finetune import trainable_summary
+from keras_senet.finetune import unfreeze
 
 
 def _model():
@@ -94,6 +95,20 @@ def test_head_patterns_unfreeze_the_last_stage():
     assert not any(n.endswith("_bn") for n in changed_layers)
 
 
+def test_unfreeze_undoes_freeze_backbone():
+    model = _model()
+    everything = len(model.trainable_weights)
+    freeze_backbone(model)
+    model.trainable = True  # not enough: the layers stay frozen
+    assert len(model.trainable_weights) == 2
+    assert unfreeze(model) is model
+    assert len(model.trainable_weights) == everything
+    assert model.get_layer("conv1_bn").trainable
+    assert model.get_layer("conv2_block1_se").fc1.kernel.trainable
+    with pytest.raises(ValueError, match="keras.Model"):
+        unfreeze("se_resnet18")
+
+
 def test_bad_arguments_raise_clear_errors():
     model = _model()
     with pytest.raises(ValueError, match="'conv9_\\*'"):
@@ -128,6 +143,15 @@ def _write_folder(root, per_class):
                     tf.io.encode_jpeg(image).numpy()
                 )
     return root
+
+
+def _one_line_exit(capsys, main, argv):
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def _arrays(path):
@@ -235,6 +259,18 @@ def test_evaluate_and_predict_use_the_runs_classes(finetuned, tmp_path, capsys):
         assert captured.out == ""
         assert len(captured.err.strip().splitlines()) == 1
         assert message in captured.err and path in captured.err
+
+    # --strict names an undecodable file instead of skipping it.
+    import shutil
+
+    strict = tmp_path / "strict"
+    shutil.copytree(folder, strict)
+    broken = strict / "val" / "dog" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a JPEG")
+    err = _one_line_exit(capsys, evaluate.main, [
+        "--weights", str(run_dir / "model.weights.h5"), "--data", str(strict),
+        "--strict"])
+    assert "broken.jpg" in err
 
     # Data whose classes differ from the run's is refused.
     other = _write_folder(tmp_path / "other", {"val": 1})

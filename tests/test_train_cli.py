@@ -235,3 +235,28 @@ def test_a_diverged_run_stops_and_keeps_its_good_checkpoints(tmp_path, capsys):
     assert "━" not in captured.out and "\x1b[" not in captured.out
     assert not (run_dir / ".lock").exists()
     json.loads((run_dir / "run.json").read_text())
+
+
+def test_strict_reaches_both_pipelines(monkeypatch):
+    import tensorflow as tf
+
+    from training import distribute
+    from training import recipes
+
+    calls = []
+
+    def build_dataset(data_name, split, **kwargs):
+        calls.append((split, kwargs["strict"]))
+        return tf.data.Dataset.from_tensors(
+            (tf.zeros((2, 32, 32, 3)), tf.zeros((2,), tf.int32))
+        )
+
+    monkeypatch.setattr(data, "build_dataset", build_dataset)
+    runtime = distribute.make_runtime(distribute.create_strategy("one_device"), 2)
+    for flag in ([], ["--strict"]):
+        calls.clear()
+        train_for, _ = train.make_datasets(
+            _args(*flag), recipes.get_recipe("demo"), runtime, 10, seed=0
+        )
+        train_for(0)
+        assert sorted(calls) == [("train", bool(flag)), ("validation", bool(flag))]

@@ -285,24 +285,29 @@ def test_sigterm_saves_the_step_and_the_same_command_resumes(tmp_path, capsys):
     from training import train
 
     run_dir = tmp_path / "run"
-    # No periodic checkpoint (--save-every 1000) and one 24-step epoch: the
-    # only checkpoint before the end is the one SIGTERM makes.
+    # No periodic checkpoint (--save-every 1000) and one 6-step epoch: the
+    # only checkpoint before the end is the one SIGTERM makes. SIGTERM comes
+    # as fit() starts (compiling the step takes seconds), so the run stops
+    # after one of its first steps, whatever the machine's speed.
     args = ["--image-size", "32", "--batch-size", "16", "--label-smoothing",
-            "0", "--seed", "3", "--epochs", "1", "--steps-per-epoch", "24",
+            "0", "--seed", "3", "--epochs", "1", "--steps-per-epoch", "6",
             "--save-every", "1000", "--model-dir", str(run_dir)]
     victim = subprocess.Popen(
         [sys.executable, "-m", "training.train", *args], cwd=tmp_path,
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: os.umask(0o002),
     )
-    try:
-        # CSVLogger creates history.csv as fit() starts.
+    def wait_for(condition, what):
         deadline = time.time() + 500
-        while not (run_dir / "history.csv").exists():
+        while not condition():
             assert victim.poll() is None, victim.communicate()
-            assert time.time() < deadline, "training did not start"
+            assert time.time() < deadline, what
             time.sleep(0.05)
 
+    try:
+        # The lock is taken (and its holder named) before the model is built.
+        lock = run_dir / ".lock"
+        wait_for(lambda: lock.exists() and lock.read_text(), "no lock")
         # A second training into the same directory is refused at once,
         # naming the directory and the process that holds it.
         with pytest.raises(SystemExit) as refused:
@@ -312,18 +317,19 @@ def test_sigterm_saves_the_step_and_the_same_command_resumes(tmp_path, capsys):
         assert len(err.splitlines()) == 1, err
         assert f"pid {victim.pid} on host" in err and str(run_dir) in err
 
-        time.sleep(2)  # some steps into the epoch
+        # CSVLogger creates history.csv as fit() starts.
+        wait_for((run_dir / "history.csv").exists, "training did not start")
         victim.send_signal(signal.SIGTERM)
         out, err = victim.communicate(timeout=300)
     finally:
         if victim.poll() is None:
             victim.kill()
     assert victim.returncode == 143, out[-2000:] + err[-2000:]
-    match = re.search(r"Stopped by SIGTERM \(preempted\) at step (\d+) of 24;"
+    match = re.search(r"Stopped by SIGTERM \(preempted\) at step (\d+) of 6;"
                       r".*Run the same command again", err)
     assert match, err[-2000:]
     step = int(match.group(1))
-    assert 1 <= step < 24
+    assert 1 <= step < 6
     files = _files(run_dir)
     assert files == {"history.csv", "run.json",
                      f"backup/ckpt-{step:09d}.weights.h5"}, files
@@ -342,9 +348,9 @@ def test_sigterm_saves_the_step_and_the_same_command_resumes(tmp_path, capsys):
     finally:
         os.umask(old_umask)
     out = capsys.readouterr().out
-    assert f"resuming from step {step} of 24" in out
+    assert f"resuming from step {step} of 6" in out
     assert "━" not in out and "\x1b[" not in out
-    assert summary["steps"] == 24 and summary["resumed_from_step"] == step
+    assert summary["steps"] == 6 and summary["resumed_from_step"] == step
     # The final files, readable as the umask allows; backup/ is pruned and
     # the lock is gone.
     assert _files(run_dir) == {"history.csv", "run.json", "model.keras",

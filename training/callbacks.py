@@ -95,14 +95,23 @@ def _release_failed_file(tmp):
     file first (`replace_atomically` does, while the error still holds the
     writer) gives the space back, so that closing it now succeeds.
     """
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None  # h5py's complaints on close
-    try:
-        gc.collect()
+    def still_open():
+        found = []
         for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
             with contextlib.suppress(Exception):
                 if os.path.abspath(fid.name) == os.path.abspath(tmp):
-                    fid.close()
+                    found.append(fid)
+        return found
+
+    if not still_open():  # the usual case: freed with the error
+        return
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None  # h5py's complaints on close
+    try:
+        gc.collect()  # a reference cycle may hold it (slow: only if needed)
+        for fid in still_open():
+            with contextlib.suppress(Exception):
+                fid.close()
     finally:
         sys.unraisablehook = previous
 
@@ -386,7 +395,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         except OutputError as e:
             raise OutputError(
                 f"{e} {self.last_good()} Make room (or fix the directory) and "
-                "run the same command again to resume from it."
+                "run the same command again: it resumes from the last "
+                "checkpoint."
             ) from None
         self._saved_step = self.step
         for _, old in list_checkpoints(self.directory)[self.keep :]:

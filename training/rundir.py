@@ -1,8 +1,14 @@
-"""One training at a time per ``--model-dir``: `RunDirLock`.
+"""The run directory (``--model-dir``): one training at a time, and only
+a run with the same settings may resume from what it holds.
 
-Two trainings writing into one directory interleave their checkpoints and
-their ``history.csv`` and both report success. The trainer therefore holds an
-exclusive `fcntl.flock` on ``<model_dir>/.lock`` for the whole run; a second
+`check_resumable` compares the settings a run recorded in ``run.json`` with
+the new command's and refuses, naming each changed setting and its flag,
+when any that changes the result differs (`RESUME_KEYS` and the recipe's
+fields).
+
+`RunDirLock`: two trainings writing into one directory interleave their
+checkpoints and their ``history.csv`` and both report success. The trainer
+therefore holds an exclusive `fcntl.flock` on ``<model_dir>/.lock`` for the whole run; a second
 one refuses at once, naming the directory and the process that holds it (pid,
 host and start time, which the holder writes into the file). The kernel
 releases the lock when its process ends, however it ends (a SIGKILLed or
@@ -13,6 +19,7 @@ takes it: the other workers share the directory.
 without locking the lock only guards against runs on the same host.
 """
 
+import json
 import os
 import socket
 import time
@@ -23,6 +30,92 @@ except ImportError:  # pragma: no cover (not POSIX)
     fcntl = None
 
 LOCK_NAME = ".lock"
+
+# What run.json must agree on for a run to resume: everything that changes
+# what training computes. (How often it checkpoints, validates or logs, XLA,
+# steps per execution and the device count change how, not what.)
+RESUME_KEYS = (
+    "model", "data", "classes", "global_batch_size", "steps_per_epoch",
+    "epochs", "learning_rate", "recipe", "precision", "sync_bn", "seed",
+    "deterministic",
+)
+# Recipe fields not compared: descriptions, and those compared as settings
+# above (model, epochs, the global batch size).
+_RECIPE_NOT_COMPARED = ("name", "description", "model", "epochs", "batch_size")
+# The flag that sets each compared setting (others: --recipe).
+_FLAGS = {
+    "model": "--model", "data": "--data", "classes": "--data",
+    "global_batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch",
+    "epochs": "--epochs", "learning_rate": "--lr/--absolute-lr",
+    "precision": "--precision", "sync_bn": "--sync-bn", "seed": "--seed",
+    "deterministic": "--deterministic",
+    "recipe.image_size": "--image-size", "recipe.lr_per_256": "--lr",
+    "recipe.schedule": "--schedule", "recipe.warmup_epochs": "--warmup-epochs",
+    "recipe.weight_decay": "--weight-decay",
+    "recipe.label_smoothing": "--label-smoothing",
+    "recipe.momentum": "--momentum", "recipe.weights": "--weights",
+    "recipe.freeze_epochs": "--freeze-epochs",
+}
+
+
+def _comparable(value):
+    return json.loads(json.dumps(value))  # tuples -> lists, as in run.json
+
+
+def _changes(previous, now, keys, prefix=""):
+    changed = {}
+    for key in keys:
+        if key not in previous or key not in now:
+            continue
+        old, new = previous[key], now[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = [k for k in new if k not in _RECIPE_NOT_COMPARED]
+            changed.update(_changes(old, new, inner, f"{prefix}{key}."))
+        elif old != new:
+            changed[prefix + key] = (old, new)
+    return changed
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_resumable(run_file, run_info):
+    """Refuses to resume a run whose settings changed (those that change
+    the result: `RESUME_KEYS`, the recipe's fields included), naming each
+    with its flag."""
+    try:
+        with open(run_file, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(previous, dict):
+        return
+    changed = _changes(previous, _comparable(run_info), RESUME_KEYS)
+    if changed:
+        listed = "; ".join(
+            f"{key} ({_FLAGS.get(key, '--recipe')}) {_short(old)} -> "
+            f"{_short(new)}"
+            for key, (old, new) in sorted(changed.items())
+        )
+        raise ValueError(
+            f"--model-dir {os.path.dirname(run_file)!r} holds a run with "
+            f"other settings, so it cannot resume: {listed} (previous -> "
+            "now). Use another --model-dir, or the same settings to resume."
+        )
+
+
+def tree_size(directory):
+    """Bytes in the files under ``directory``."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
 
 
 class RunDirLock:
@@ -50,7 +143,13 @@ class RunDirLock:
             self._fd = -1
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise ValueError(
+                    f"Cannot write to --model-dir {self.directory!r} "
+                    f"({e.strerror or e}): use a directory you can write to."
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -47,7 +47,6 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -61,6 +60,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_senet  # noqa: E402
+from keras_senet import finetune  # noqa: E402
 from keras_senet.models import input_config  # noqa: E402
 from training import callbacks as cb  # noqa: E402
 from training import cli  # noqa: E402
@@ -68,33 +68,7 @@ from training import data  # noqa: E402
 from training import distribute  # noqa: E402
 from training import recipes  # noqa: E402
 from training import rundir  # noqa: E402
-
-# What run.json must agree on for a run to resume: everything that changes
-# what training computes. (How often it checkpoints, validates or logs, XLA,
-# steps per execution and the device count change how, not what.)
-RESUME_KEYS = (
-    "model", "data", "classes", "global_batch_size", "steps_per_epoch",
-    "epochs", "learning_rate", "recipe", "precision", "sync_bn", "seed",
-    "deterministic",
-)
-# Recipe fields not compared: descriptions, and those compared as settings
-# above (model, epochs, the global batch size).
-_RECIPE_NOT_COMPARED = ("name", "description", "model", "epochs", "batch_size")
-# The flag that sets each compared setting (others: --recipe).
-_FLAGS = {
-    "model": "--model", "data": "--data", "classes": "--data",
-    "global_batch_size": "--batch-size", "steps_per_epoch": "--steps-per-epoch",
-    "epochs": "--epochs", "learning_rate": "--lr/--absolute-lr",
-    "precision": "--precision", "sync_bn": "--sync-bn", "seed": "--seed",
-    "deterministic": "--deterministic",
-    "recipe.image_size": "--image-size", "recipe.lr_per_256": "--lr",
-    "recipe.schedule": "--schedule", "recipe.warmup_epochs": "--warmup-epochs",
-    "recipe.weight_decay": "--weight-decay",
-    "recipe.label_smoothing": "--label-smoothing",
-    "recipe.momentum": "--momentum", "recipe.weights": "--weights",
-    "recipe.freeze_epochs": "--freeze-epochs",
-}
-
+from training.rundir import check_resumable  # noqa: E402
 
 def log(message):
     print(f"[train] {message}", flush=True)
@@ -416,50 +390,6 @@ def build_model(args, recipe, runtime, num_classes, schedule):
     return model, compile_model, message
 
 
-def _comparable(value):
-    return json.loads(json.dumps(value))  # tuples -> lists, as in run.json
-
-
-def _changes(previous, now, keys, prefix=""):
-    changed = {}
-    for key in keys:
-        if key not in previous or key not in now:
-            continue
-        old, new = previous[key], now[key]
-        if isinstance(old, dict) and isinstance(new, dict):
-            inner = [k for k in new if k not in _RECIPE_NOT_COMPARED]
-            changed.update(_changes(old, new, inner, f"{prefix}{key}."))
-        elif old != new:
-            changed[prefix + key] = (old, new)
-    return changed
-
-
-def _short(value, limit=60):
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_resumable(run_file, run_info):
-    """Refuses to resume a run whose settings changed (those that change
-    the result: `RESUME_KEYS`, the recipe's fields included), naming each
-    with its flag."""
-    previous = cb.read_json(run_file)
-    if previous is None:
-        return
-    changed = _changes(previous, _comparable(run_info), RESUME_KEYS)
-    if changed:
-        listed = "; ".join(
-            f"{key} ({_FLAGS.get(key, '--recipe')}) {_short(old)} -> "
-            f"{_short(new)}"
-            for key, (old, new) in sorted(changed.items())
-        )
-        raise ValueError(
-            f"--model-dir {os.path.dirname(run_file)!r} holds a run with "
-            f"other settings, so it cannot resume: {listed} (previous -> "
-            "now). Use another --model-dir, or the same settings to resume."
-        )
-
-
 def agree_on_step(strategy, step):
     """Checks that every worker resumes from the same step."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -519,15 +449,6 @@ def fit(model, train_for, validation, *, start_step, steps_per_epoch, epochs,
     return logs
 
 
-def unfreeze(model):
-    """Makes every layer of ``model`` trainable again (after
-    `keras_senet.freeze_backbone`). Setting ``model.trainable`` alone does
-    not reach the layers of a functional model."""
-    model.trainable = True
-    for layer in model.layers:
-        layer.trainable = True  # and its sublayers
-
-
 def _freezer(model, compile_model):
     """``set_frozen(bool)``: freezes or unfreezes the backbone (every layer
     but the classifier, BatchNorm in inference mode) and recompiles when
@@ -540,7 +461,7 @@ def _freezer(model, compile_model):
         if frozen:
             keras_senet.freeze_backbone(model)
         else:
-            unfreeze(model)
+            finetune.unfreeze(model)
         compile_model()
         state["frozen"] = frozen
         log(("backbone frozen: training the classifier only" if frozen
@@ -651,7 +572,13 @@ def prepare(args, stop_signal=None):
     created = runtime.is_chief and not os.path.isdir(model_dir)
     lock = None
     if runtime.is_chief:
-        os.makedirs(model_dir, exist_ok=True)
+        try:
+            os.makedirs(model_dir, exist_ok=True)
+        except OSError as e:
+            raise ValueError(
+                f"Cannot create --model-dir {model_dir!r}: "
+                f"{e.strerror or e}."
+            ) from None
         lock = rundir.RunDirLock(model_dir)
     try:
         if lock is not None:
@@ -877,12 +804,12 @@ def train(job):
         "weights_sha256": weights_checksum(model.weights),
         "trainable_weights_sha256": weights_checksum(model.trainable_weights),
     }
-    unfreeze(model)  # the saved model is not frozen
+    finetune.unfreeze(model)  # the saved model is not frozen
     save_outputs(model, summary, job.write_dir, step=checkpoint.step)
     if not runtime.is_chief:
         shutil.rmtree(job.write_dir, ignore_errors=True)
     elif not args.keep_checkpoints:
-        size = _tree_size(job.backup_dir)
+        size = rundir.tree_size(job.backup_dir)
         shutil.rmtree(job.backup_dir, ignore_errors=True)
         log(f"removed the step checkpoints in backup/ ({size / 2**20:.0f} "
             "MB; --keep-checkpoints keeps them)")
@@ -891,15 +818,6 @@ def train(job):
         f"to {job.model_dir}")
     print(final_line(summary), flush=True)
     return model, summary
-
-
-def _tree_size(directory):
-    total = 0
-    for root, _, files in os.walk(directory):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, name))
-    return total
 
 
 def run(argv=None):
