@@ -103,7 +103,8 @@ def build_parser():
                    help="centre-crop fraction (default: the weights' own)")
     p.add_argument("--interpolation",
                    help="resize method (default: the weights' own)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=64)
+    p.add_argument("--batch-size", type=cli.positive_int, default=64,
+                   help="images per batch")
     p.add_argument(
         "--strict",
         action="store_true",

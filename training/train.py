@@ -121,7 +121,7 @@ def build_parser():
         "(default: skip such files, count them and log their names)",
     )
     p.add_argument("--epochs", type=cli.positive_int,
-                   help="default: the recipe's")
+                   help="length of training (default: the recipe's)")
     p.add_argument(
         "--steps-per-epoch",
         type=cli.positive_int,
@@ -169,10 +169,15 @@ def build_parser():
     )
     p.add_argument("--schedule", choices=recipes.SCHEDULES,
                    help="learning-rate schedule (default: the recipe's)")
-    p.add_argument("--warmup-epochs", type=cli.nonnegative_float)
-    p.add_argument("--weight-decay", type=cli.nonnegative_float)
-    p.add_argument("--label-smoothing", type=cli.nonnegative_float)
-    p.add_argument("--momentum", type=cli.nonnegative_float)
+    p.add_argument("--warmup-epochs", type=cli.nonnegative_float,
+                   help="linear warm-up, may be fractional (default: the "
+                   "recipe's)")
+    p.add_argument("--weight-decay", type=cli.nonnegative_float,
+                   help="L2 on kernels only (default: the recipe's)")
+    p.add_argument("--label-smoothing", type=cli.nonnegative_float,
+                   help="default: the recipe's")
+    p.add_argument("--momentum", type=cli.nonnegative_float,
+                   help="SGD momentum (default: the recipe's)")
     xla = p.add_mutually_exclusive_group()
     xla.add_argument("--xla", dest="xla", action="store_true", default=None,
                      help="jit_compile the steps (default: on with GPUs)")
