@@ -186,6 +186,7 @@ def finetuned(tmp_path_factory):
         "--data", str(folder), "--model", "se_resnet18", "--weights",
         str(source_file), "--image-size", "32", "--epochs", "2",
         "--freeze-epochs", "1", "--batch-size", "4", "--save-every", "100",
+        "--eval-every", "2",
         "--keep-checkpoints", "--model-dir", str(run_dir),
     ])
     return run_dir, folder, source_file
