@@ -17,8 +17,11 @@ Not counted: biases, BatchNorm, activations, pooling, additions, padding
 (each well under 1 % of these networks). `flops_breakdown` gives the parts.
 
 The script counts every registered model at its default size next to the
-paper's GFLOPs (REFERENCE.md) and the plain base networks (keras.applications
-where one exists; otherwise our count minus the SE blocks), measures this
+paper's GFLOPs (REFERENCE.md), the plain base networks (keras.applications
+where one exists; otherwise our count minus the SE blocks) and, where torch
+and timm are installed, the same count on timm's counterpart (`timm_macs`:
+timm's ``legacy_*`` ports, and timm's modern SE-ResNet/ResNeXt family of the
+same names; it equals ours without the SE rescale), measures this
 machine's dense fp32 matmul peak in TensorFlow (same threads) and the
 fraction of it that SE-ResNet-50 inference reaches (``2 * MACs * img/s /
 peak``), and writes benchmarks/results/flops.{json,md}.
@@ -132,6 +135,40 @@ def count_flops(model, include_se_scale=True):
     return sum(flops_breakdown(model, include_se_scale).values())
 
 
+def timm_macs(timm_name, size, **timm_kwargs):
+    """Multiply-adds per image of timm's model ``timm_name`` at ``size`` px:
+    its Conv2d and Linear layers (the SE FCs are 1x1 convolutions), from the
+    output shapes of a forward pass on torch's meta device (no weights, no
+    arithmetic). None when torch or timm is missing."""
+    try:
+        import timm
+        import torch
+    except ImportError:
+        return None
+    model = timm.create_model(timm_name, device="meta", **timm_kwargs)
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            taps = math.prod(module.kernel_size)
+            per_output = taps * module.in_channels // module.groups
+            total += output.numel() // output.shape[0] * per_output
+        else:  # Linear
+            total += output.numel() // output.shape[0] * module.in_features
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    with torch.no_grad():
+        model.eval()(torch.empty(1, model.in_chans, size, size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
 def measure_peak_and_inference(tf, keras, model_fn, macs, args):
     """fp32 matmul peak (FLOP/s) and SE-ResNet-50 inference (img/s), timed
     interleaved in one run."""
@@ -189,6 +226,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:  # timm's counts; torch and timm must come before TensorFlow
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        pass
     import tensorflow as tf
 
     threads = args.threads or _util.default_threads()
@@ -196,6 +238,7 @@ def main(argv=None):
     import keras
 
     import keras_senet
+    from weights.reference import TIMM_MODELS
 
     available = keras_senet.list_models()
     names = (
@@ -230,6 +273,9 @@ def main(argv=None):
         gc.collect()
         total = sum(parts.values())
         se = parts["se_fc"] + parts["se_scale"]
+        timm_count = (
+            timm_macs(TIMM_MODELS[name], size) if name in TIMM_MODELS else None
+        )
         rows.append(
             {
                 "model": name,
@@ -240,6 +286,15 @@ def main(argv=None):
                 "se_scale_gmacs": parts["se_scale"] / 1e9,
                 "keras_app_base": app,
                 "keras_app_base_gmacs": app_gmacs,
+                "timm_model": TIMM_MODELS.get(name),
+                "timm_gmacs_without_se_scale": (
+                    None if timm_count is None else timm_count / 1e9
+                ),
+                "equals_timm": (
+                    None
+                    if timm_count is None
+                    else total - parts["se_scale"] == timm_count
+                ),
                 "paper_base_gflops": paper_base,
                 "paper_se_gflops": paper_se,
                 "se_vs_paper": _util.ratio(total / 1e9, paper_se),
@@ -249,7 +304,9 @@ def main(argv=None):
         )
         print(f"{name:24s} {total / 1e9:7.3f} GMACs (without SE "
               f"{(total - se) / 1e9:.3f}; paper {paper_base} -> {paper_se}; "
-              f"{app or 'base'} {app_gmacs}) [{time.perf_counter() - start:.0f}s]",
+              f"{app or 'base'} {app_gmacs}; timm "
+              f"{None if timm_count is None else timm_count / 1e9}) "
+              f"[{time.perf_counter() - start:.0f}s]",
               flush=True)
 
     macs50 = count_flops(
@@ -279,16 +336,22 @@ def main(argv=None):
             _util.machine_markdown(info),
             "Counted: convolutions (incl. groups), dense layers, the SE "
             "blocks' two FCs and their rescale multiply. Not counted: biases, "
-            "BN, activations, pooling, adds.",
+            "BN, activations, pooling, adds. timm: the same count (without "
+            "the SE rescale) on timm's counterpart, from hooks on its Conv2d "
+            "and Linear layers.",
             _util.markdown_table(
                 ["model", "size", "GMACs", "without SE", "SE FCs", "SE scale",
-                 "keras.applications base", "paper base", "paper SE"],
+                 "keras.applications base", "paper base", "paper SE",
+                 "timm (without SE scale)"],
                 [
                     (r["model"], r["size"], r["gmacs"], r["gmacs_without_se"],
                      r["se_fc_gmacs"], r["se_scale_gmacs"],
                      None if r["keras_app_base"] is None
                      else f"{r['keras_app_base']} {r['keras_app_base_gmacs']:.3f}",
-                     r["paper_base_gflops"], r["paper_se_gflops"])
+                     r["paper_base_gflops"], r["paper_se_gflops"],
+                     None if r["timm_gmacs_without_se_scale"] is None
+                     else f"{r['timm_model']} {r['timm_gmacs_without_se_scale']:.3f}"
+                     + ("" if r["equals_timm"] else " (differs)"))
                     for r in rows
                 ],
             ),

@@ -15,9 +15,17 @@ from keras_senet.models.senet import SEResNet34
 from keras_senet.models.senet import SEResNet50
 from keras_senet.models.senet import SEResNet101
 from keras_senet.models.senet import SEResNet152
+from keras_senet.models.senet import SEResNet152D
 from keras_senet.models.senet import SEResNeXt26
 from keras_senet.models.senet import SEResNeXt50
 from keras_senet.models.senet import SEResNeXt101
+from keras_senet.models.senet import SEResNeXt101_32x8d
+from keras_senet.models.senet import SEResNeXt101_64x4d
+from keras_senet.models.senet import SEResNeXt101D_32x8d
+from keras_senet.models.senet import SEResNeXt26D_32x4d
+from keras_senet.models.senet import SEResNeXt26T_32x4d
+from keras_senet.models.senet import SEResNeXtAA101D_32x8d
+from keras_senet.models.senet import SEResNeXtAA201D_32x8d
 from keras_senet.features import feature_extractor
 from keras_senet.features import feature_info
 from keras_senet.finetune import freeze_backbone

@@ -1,4 +1,4 @@
-"""Fine-tuning: freeze a pretrained backbone, train a new head.
+"""Fine-tuning: freeze a pretrained backbone, train a new head, unfreeze.
 
 In Keras 3 a `BatchNormalization` layer whose ``trainable`` is False runs in
 inference mode even inside ``fit()``: it normalises with its moving mean and
@@ -96,6 +96,22 @@ def freeze_backbone(model, *, head=None, train_bn=False):
                 leaf.trainable = bool(train_bn)
             else:
                 leaf.trainable = trainable
+    return model
+
+
+def unfreeze(model):
+    """Makes every layer of ``model`` trainable again, in place (undoes
+    `freeze_backbone`; BatchNorm layers train again too).
+
+    Setting ``model.trainable = True`` alone does not reach the layers of a
+    functional model that `freeze_backbone` set. Recompile afterwards.
+    Returns ``model``.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model. Received: model={model!r}")
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = True  # and, through it, its sublayers
     return model
 
 

@@ -108,3 +108,42 @@ def test_util_helpers(tmp_path):
     assert open(paths[1]).read().splitlines() == ["| h |", "|---|", "| 1.5 |", "| - |"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.md"]
     assert _util.ratios_line({"r": 0.5, "s": None}) == "r=0.500 s=n/a"
+
+
+@pytest.mark.parametrize(
+    "name, timm_name, one_block",
+    [
+        # timm's modern family: deep stems, average-pool shortcuts and the
+        # anti-aliasing pools (which move a block's 3x3 to full resolution).
+        ("seresnextaa101d_32x8d", "seresnextaa101d_32x8d", True),
+        ("seresnext26t_32x4d", "seresnext26t_32x4d", False),
+        # A released model against timm's legacy_* port.
+        ("se_resnext26_32x4d", "legacy_seresnext26_32x4d", False),
+    ],
+)
+def test_counts_equal_timm_models_counted_on_the_meta_device(
+    name, timm_name, one_block
+):
+    """Our count without the SE rescale equals the count of timm's model
+    (from hooks on its Conv2d / Linear layers, meta device), at an odd size."""
+    pytest.importorskip("timm")
+    from benchmarks.flops import timm_macs
+    from keras_senet.models import senet
+
+    size = 224 if senet.VARIANTS[name].get("aa") else 225
+    config = dict(senet.VARIANTS[name])
+    config.pop("layout", None)
+    config.pop("dropout_rate", None)
+    layers = (1, 1, 1, 1) if one_block else config["layers"]
+    config["layers"] = layers
+    with keras.StatelessScope(initialize_variables=False):
+        inputs = keras.Input((size, size, 3))
+        x = senet.senet_features(inputs, **config)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(1000)(x))
+    ours = count_flops(model, include_se_scale=False)
+    assert ours == timm_macs(timm_name, size, layers=layers)
+    # The aa blocks' 3x3 convolutions run at stride 1 (4x the positions).
+    if senet.VARIANTS[name].get("aa"):
+        plain = timm_macs("seresnext101d_32x8d", size, layers=layers)
+        assert ours > plain

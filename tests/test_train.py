@@ -5,6 +5,7 @@ The distributed runs, the kill-and-resume run and the README's main job are
 in test_train_runs.py (subprocesses).
 """
 
+import json
 import math
 import os
 
@@ -255,3 +256,168 @@ def test_mixed_precision_demo_run_is_finite_and_learns(tmp_path, precision):
     assert losses[-1] < losses[0]
     assert np.isfinite(summary["val_loss"]) and summary["steps"] == 12
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+
+
+# ------------------------------- non-finite states, full disks, permissions
+
+
+def _fit_steps(model, checkpoint, x, y):
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[checkpoint],
+              shuffle=False)
+
+
+def test_checkpoints_never_hold_a_non_finite_state(tmp_path):
+    model = _tiny_compiled_model()
+    rng = np.random.RandomState(0)
+    x = rng.rand(4, 4).astype("float32")
+    y = np.zeros((4, 3), "float32")
+    ckpt = cb.StepCheckpoint(str(tmp_path), save_freq=1, keep=2, total_steps=9)
+    _fit_steps(model, ckpt, x, y)
+    good = cb.list_checkpoints(str(tmp_path))
+    assert [s for s, _ in good] == [2, 1]
+    contents = {p: open(p, "rb").read() for _, p in good}
+
+    # A NaN in the third batch: the loss names the step; nothing is saved.
+    x_bad = np.concatenate([x, x])
+    x_bad[4, 0] = np.nan
+    ckpt._epoch_base = ckpt.step = 2  # as after a resume at step 2
+    with pytest.raises(cb.Diverged, match=r"loss became nan at step 3 of 9"):
+        model.fit(x_bad[4:], np.zeros((4, 3), "float32"), batch_size=2,
+                  epochs=1, verbose=0, callbacks=[ckpt], shuffle=False,
+                  initial_epoch=0)
+    # A finite loss but a non-finite weight: refused before writing.
+    kernel = model.layers[-1].kernel
+    kernel.assign(np.full(kernel.shape, np.inf, "float32"))
+    with pytest.raises(cb.Diverged, match=r"first in .*kernel.* at step"):
+        ckpt.save()
+    assert cb.list_checkpoints(str(tmp_path)) == good
+    assert {p: open(p, "rb").read() for _, p in good} == contents
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    model = _tiny_compiled_model()
+    x = np.random.RandomState(0).rand(4, 4).astype("float32")
+    ckpt = cb.StepCheckpoint(str(tmp_path), save_freq=1, keep=2)
+    _fit_steps(model, ckpt, x, np.zeros((4, 3), "float32"))
+    good = cb.list_checkpoints(str(tmp_path))
+    contents = {p: open(p, "rb").read() for _, p in good}
+
+    def full_disk(path, overwrite=True):
+        # Like Keras on ENOSPC: raises while its HDF5 file is still open.
+        f = h5py.File(path, "w")
+        f.create_dataset("half", data=np.zeros(1000))
+        raise OSError(errno.ENOSPC, "Can't write data (file write failed)")
+
+    monkeypatch.setattr(model, "save_weights", full_disk)
+    ckpt.step = 3
+    with pytest.raises(cb.OutputError) as error:
+        ckpt.save()
+    message = str(error.value)
+    assert "ckpt-000000003.weights.h5 (No space left on device)" in message
+    assert "last good checkpoint is step 2" in message
+    assert "run the same command again" in message
+    assert cb.list_checkpoints(str(tmp_path)) == good
+    assert {p: open(p, "rb").read() for _, p in good} == contents
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(p) for _, p in good)
+    # The writer's file was closed, not left to interpreter exit.
+    assert not [fid for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+                if ".tmp-" in fid.name]
+
+
+def test_outputs_get_the_permissions_open_would_give(tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert cb.file_mode() == 0o640
+        cb.write_json({"a": 1}, tmp_path / "x.json")
+        cb.replace_atomically(
+            lambda p: open(p, "w").write("w"), str(tmp_path / "m.weights.h5"))
+        os.umask(0o002)
+        cb.write_json({"a": 2}, tmp_path / "x.json")  # replaced: new mode
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.weights.h5").st_mode & 0o777 == 0o640
+    assert os.stat(tmp_path / "x.json").st_mode & 0o777 == 0o664
+
+
+def test_summary_json_is_strict_json(tmp_path):
+    cb.write_json({"val_loss": float("nan"), "x": [float("inf"), 1.5]},
+                  tmp_path / "s.json")
+    text = (tmp_path / "s.json").read_text()
+    value = json.loads(text, parse_constant=lambda c: pytest.fail(c))
+    assert value == {"val_loss": None, "x": [None, 1.5]}
+
+
+def test_recipes_and_schedules_refuse_non_finite_numbers():
+    for value in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="lr_per_256"):
+            recipes.get_recipe("demo", lr_per_256=value)
+        with pytest.raises(ValueError, match="learning_rate"):
+            recipes.RecipeSchedule(value, 10, 5)
+    with pytest.raises(ValueError, match="freeze_epochs"):
+        recipes.get_recipe("demo", freeze_epochs=9)  # 8 epochs
+    with pytest.raises(ValueError, match="momentum"):
+        recipes.get_recipe("demo", momentum=float("nan"))
+
+
+def test_resume_refuses_a_changed_learning_rate(tmp_path):
+    run_file = tmp_path / "run.json"
+    info = dict(model="se_resnet18", data="demo", learning_rate=0.2,
+                precision="float32", sync_bn=False,
+                recipe=dict(recipes.get_recipe("demo").__dict__))
+    cb.write_json(info, run_file)
+    train.check_resumable(str(run_file), info)
+    changed = dict(info, learning_rate=1e6,
+                   recipe=dict(info["recipe"], lr_per_256=1e6,
+                               description="other words"))
+    with pytest.raises(ValueError) as error:
+        train.check_resumable(str(run_file), changed)
+    message = str(error.value)
+    assert "learning_rate (--lr/--absolute-lr) 0.2 -> 1000000.0" in message
+    assert "recipe.lr_per_256 (--lr) 0.8 -> 1000000.0" in message
+    assert "description" not in message
+    with pytest.raises(ValueError, match=r"sync_bn \(--sync-bn\)"):
+        train.check_resumable(str(run_file), dict(info, sync_bn=True))
+
+
+# ----------------------------------------------------------- run-dir lock
+
+
+def test_a_locked_run_directory_refuses_a_second_training(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from training import rundir
+
+    first = rundir.RunDirLock(tmp_path).acquire()
+    with pytest.raises(ValueError) as error:
+        rundir.RunDirLock(tmp_path).acquire()
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in str(error.value)
+    assert repr(str(tmp_path)) in str(error.value)
+    first.release()
+    assert not (tmp_path / rundir.LOCK_NAME).exists()
+
+    # A holder that is SIGKILLed leaves no stale lock.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from training import rundir; "
+         "rundir.RunDirLock(sys.argv[1]).acquire(); print('held', flush=True);"
+         " time.sleep(600)", str(tmp_path)],
+        cwd=repo, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=repo),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"pid {holder.pid} on host"):
+            rundir.RunDirLock(tmp_path).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with rundir.RunDirLock(tmp_path) as lock:
+        assert lock.held

@@ -260,3 +260,126 @@ def test_main_job_defaults_reach_95_percent(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = float(re.search(r"top-1 ([\d.]+) %", proc.stdout).group(1))
     assert ev == pytest.approx(top1, abs=0.01)
+
+
+# ------------------------------------------ SIGTERM, lock, rerun, outputs
+
+
+def _files(directory):
+    return {
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, _, names in os.walk(directory) for name in names
+    }
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_and_the_same_command_resumes(tmp_path, capsys):
+    """SIGTERM: checkpoint at the current step, exit 143, no temporary files;
+    while it runs a second training into its directory is refused naming
+    it; the same command then resumes, finishes, and a third run reports
+    the finished run without touching it."""
+    from training import train
+
+    run_dir = tmp_path / "run"
+    # No periodic checkpoint (--save-every 1000) and one 6-step epoch: the
+    # only checkpoint before the end is the one SIGTERM makes. SIGTERM comes
+    # as fit() starts (compiling the step takes seconds), so the run stops
+    # after one of its first steps, whatever the machine's speed.
+    args = ["--image-size", "32", "--batch-size", "16", "--label-smoothing",
+            "0", "--seed", "3", "--epochs", "1", "--steps-per-epoch", "6",
+            "--save-every", "1000", "--model-dir", str(run_dir)]
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args], cwd=tmp_path,
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: os.umask(0o002),
+    )
+    def wait_for(condition, what):
+        deadline = time.time() + 500
+        while not condition():
+            assert victim.poll() is None, victim.communicate()
+            assert time.time() < deadline, what
+            time.sleep(0.05)
+
+    try:
+        # The lock is taken (and its holder named) before the model is built.
+        lock = run_dir / ".lock"
+        wait_for(lambda: lock.exists() and lock.read_text(), "no lock")
+        # A second training into the same directory is refused at once,
+        # naming the directory and the process that holds it.
+        with pytest.raises(SystemExit) as refused:
+            train.main(args)
+        assert refused.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"pid {victim.pid} on host" in err and str(run_dir) in err
+
+        # CSVLogger creates history.csv as fit() starts.
+        wait_for((run_dir / "history.csv").exists, "training did not start")
+        victim.send_signal(signal.SIGTERM)
+        out, err = victim.communicate(timeout=300)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == 143, out[-2000:] + err[-2000:]
+    match = re.search(r"Stopped by SIGTERM \(preempted\) at step (\d+) of 6;"
+                      r".*Run the same command again", err)
+    assert match, err[-2000:]
+    step = int(match.group(1))
+    assert 1 <= step < 6
+    files = _files(run_dir)
+    assert files == {"history.csv", "run.json",
+                     f"backup/ckpt-{step:09d}.weights.h5"}, files
+    # Written with the permissions open() gives under the run's umask.
+    assert _mode(run_dir / "backup" / f"ckpt-{step:09d}.weights.h5") == 0o664
+    assert _mode(run_dir / "run.json") == 0o664
+    assert "Traceback" not in err
+    # One line per epoch in a log, not a progress bar.
+    assert "\x1b[" not in out and "\r" not in out and "━" not in out
+
+    # The same command resumes from that step and finishes (in-process, so
+    # under this process's umask, set here to tell it from a fixed mode).
+    old_umask = os.umask(0o007)
+    try:
+        _, summary = train.run(args)
+    finally:
+        os.umask(old_umask)
+    out = capsys.readouterr().out
+    assert f"resuming from step {step} of 6" in out
+    assert "━" not in out and "\x1b[" not in out
+    assert summary["steps"] == 6 and summary["resumed_from_step"] == step
+    # The final files, readable as the umask allows; backup/ is pruned and
+    # the lock is gone.
+    assert _files(run_dir) == {"history.csv", "run.json", "model.keras",
+                               "model.weights.h5", "classes.json",
+                               "summary.json"}
+    for name in ("model.keras", "model.weights.h5", "summary.json",
+                 "classes.json"):
+        assert _mode(run_dir / name) == 0o660, name
+    assert json.loads((run_dir / "classes.json").read_text()) == [
+        str(d) for d in range(10)]
+    text = (run_dir / "summary.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert json.loads(text)["classes"] == [str(d) for d in range(10)]
+
+    # Running the finished run again reports it and changes nothing.
+    before = {name: (run_dir / name).read_bytes()
+              for name in ("summary.json", "model.weights.h5", "history.csv")}
+    model, again = train.run(args)
+    out = capsys.readouterr().out
+    assert model is None and again == json.loads(text)
+    assert "training already finished" in out
+    assert out.strip().splitlines()[-1] == train.final_line(json.loads(text))
+    for name, content in before.items():
+        assert (run_dir / name).read_bytes() == content, name
+
+    # A rerun with a learning rate that changes the result is refused.
+    with pytest.raises(SystemExit) as refused:
+        train.main(args + ["--lr", "1e6"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "learning_rate (--lr/--absolute-lr)" in err
+    assert "recipe.lr_per_256 (--lr) 0.8 -> 1000000.0" in err

@@ -4,6 +4,9 @@ A recipe is a frozen dataclass: the optimiser, the schedule, the
 regularisation and the augmentation of one published way to train an SE
 network. ``python -m training.train --recipe NAME`` starts from one and
 command-line flags override single fields (`get_recipe(name, **overrides)`).
+`default_recipe` picks the one that fits the data: ``demo`` for the digits,
+``paper`` for ImageNet-1k, ``finetune`` (a pretrained backbone, a new
+classifier) for anything else, such as one's own image folder.
 
 Learning rates are given per 256 images and scaled linearly with the global
 batch (Goyal et al. 2017): ``lr = lr_per_256 * global_batch_size / 256``.
@@ -35,7 +38,8 @@ class Recipe:
     Attributes:
         name: the recipe's name.
         model: default model (``keras_senet.list_models()``).
-        image_size: training and evaluation image side.
+        image_size: training and evaluation image side; None: the model's
+            own (``keras_senet.models.input_config(model)["input_size"]``).
         batch_size: default GLOBAL batch size (all replicas together).
         epochs: length of training.
         lr_per_256: peak learning rate per 256 images (scaled linearly).
@@ -53,12 +57,18 @@ class Recipe:
         area_range: random-resized-crop area fraction range.
         aspect_ratio_range: random-resized-crop aspect ratio range.
         random_flip: random horizontal flips.
+        weights: the initial weights of the backbone: None (random), or
+            what `keras_senet.create_model` takes (``"imagenet"``, a file);
+            the classifier is always new, sized to the data's classes.
+        freeze_epochs: epochs at the start that train only the classifier
+            (`keras_senet.freeze_backbone`: backbone and every BatchNorm
+            frozen, BN in inference mode).
         description: where the recipe comes from.
     """
 
     name: str
     model: str
-    image_size: int
+    image_size: int | None
     batch_size: int
     epochs: int
     lr_per_256: float
@@ -73,21 +83,25 @@ class Recipe:
     area_range: tuple = (0.08, 1.0)
     aspect_ratio_range: tuple = (3 / 4, 4 / 3)
     random_flip: bool = True
+    weights: str | None = None
+    freeze_epochs: int = 0
     description: str = ""
 
     def __post_init__(self):
         checks = {
-            "image_size": self.image_size >= 32,
-            "batch_size": self.batch_size >= 1,
-            "epochs": self.epochs >= 1,
-            "lr_per_256": self.lr_per_256 > 0,
-            "momentum": 0 <= self.momentum < 1,
+            "image_size": self.image_size is None or _int(self.image_size) >= 32,
+            "batch_size": _int(self.batch_size) >= 1,
+            "epochs": _int(self.epochs) >= 1,
+            "lr_per_256": _finite(self.lr_per_256) > 0,
+            "momentum": 0 <= _finite(self.momentum) < 1,
             "schedule": self.schedule in SCHEDULES,
-            "decay_epochs": self.decay_epochs >= 1,
-            "decay_factor": 0 < self.decay_factor <= 1,
-            "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs,
-            "weight_decay": self.weight_decay >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "decay_epochs": _int(self.decay_epochs) >= 1,
+            "decay_factor": 0 < _finite(self.decay_factor) <= 1,
+            "warmup_epochs": 0 <= _finite(self.warmup_epochs) <= self.epochs,
+            "weight_decay": _finite(self.weight_decay) >= 0,
+            "label_smoothing": 0 <= _finite(self.label_smoothing) < 1,
+            "freeze_epochs": 0 <= _int(self.freeze_epochs) <= self.epochs,
+            "weights": self.weights is None or isinstance(self.weights, str),
         }
         for field, ok in checks.items():
             if not ok:
@@ -100,6 +114,20 @@ class Recipe:
     def learning_rate(self, global_batch_size):
         """The peak learning rate at ``global_batch_size`` (linear scaling)."""
         return self.lr_per_256 * global_batch_size / 256
+
+
+def _finite(value):
+    """``value`` if it is a finite number, else NaN (which fails every test)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def _int(value):
+    """``value`` if it is an integer, else NaN (which fails every test)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return math.nan
+    return value
 
 
 RECIPES = {
@@ -152,7 +180,38 @@ RECIPES = {
         description="The 8x8 scikit-learn digits at 32 px: a few minutes "
         "on 2 CPU cores.",
     ),
+    "finetune": Recipe(
+        name="finetune",
+        model="se_resnet50",
+        image_size=None,  # the model's own input size
+        batch_size=32,
+        epochs=10,
+        lr_per_256=0.04,  # 0.005 at batch 32: a tenth of training from scratch
+        momentum=0.9,
+        schedule="cosine",
+        warmup_epochs=1,
+        weight_decay=1e-4,
+        label_smoothing=0.1,
+        weights="imagenet",
+        description="Fine-tuning: the ImageNet-pretrained backbone with a "
+        "new classifier for the data's classes, SGD 0.9, lr 0.04 per 256 "
+        "images (a tenth of training from scratch), cosine, 1 warm-up epoch, "
+        "10 epochs.",
+    ),
 }
+
+IMAGENET_CLASSES = 1000
+
+
+def default_recipe(data, num_classes):
+    """The recipe that fits ``data`` with ``num_classes`` classes:
+    ``"demo"`` for the digits, ``"paper"`` for ImageNet-1k, ``"finetune"``
+    for anything else."""
+    if data == "demo":
+        return "demo"
+    if num_classes == IMAGENET_CLASSES:
+        return "paper"
+    return "finetune"
 
 
 def get_recipe(name, **overrides):
@@ -207,6 +266,11 @@ class RecipeSchedule(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 "`steps_per_epoch` must be a positive integer. "
                 f"Received: steps_per_epoch={steps_per_epoch!r}"
+            )
+        if not _finite(float(learning_rate)) > 0:
+            raise ValueError(
+                "`learning_rate` must be a finite number > 0. "
+                f"Received: learning_rate={learning_rate!r}"
             )
         self.learning_rate = float(learning_rate)
         self.steps_per_epoch = int(steps_per_epoch)

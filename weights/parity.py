@@ -1,10 +1,13 @@
-"""Measures logit parity with timm for every model in the weights registry.
+"""Measures logit parity with timm for every model with a timm counterpart.
 
-    python -m weights.parity [--models se_resnet50 ...] [--size 224]
+    python -m weights.parity [--models se_resnet50 seresnet152d ...] [--size 224]
 
-For each model: timm's reference with random (conditioned) weights is saved
-in PyTorch's legacy format (that of the published files), read back with our
-torch-free reader, converted, and both models run on the same input. Prints
+The models are the released SE networks (against timm's ``legacy_*`` ports)
+and timm's modern SE-ResNet / SE-ResNeXt family (against timm's models of the
+same names). For each model: timm's reference with random (conditioned)
+weights is saved in PyTorch's legacy format (that of the 2017-2019 published
+files), read back with our torch-free reader, converted with the model's
+state-dict layout, and both models run on the same input. Prints
 and saves (benchmarks/results/parity.{json,md}) the largest absolute logit
 difference, next to the largest logit and to the reference's own float32 vs
 float64 difference (its rounding noise).
@@ -20,7 +23,7 @@ import torch
 
 import numpy as np  # noqa: E402
 
-from weights.reference import TIMM_NAMES  # noqa: E402
+from weights.reference import TIMM_MODELS  # noqa: E402
 from weights.reference import conditioned_reference  # noqa: E402
 
 
@@ -37,7 +40,7 @@ def measure(name, size, batch=2, seed=0):
     model = keras_senet.create_model(
         name, input_shape=(None, None, 3), classifier_activation=None
     )
-    convert.load_state_dict_into(model, state_dict)
+    convert.load_state_dict_into(model, state_dict, layout=convert.layout_of(name))
     x = np.random.default_rng(seed).normal(size=(batch, 3, size, size)).astype("float32")
     with torch.no_grad():
         want = reference(torch.from_numpy(x)).numpy()
@@ -54,11 +57,34 @@ def measure(name, size, batch=2, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m weights.parity")
-    parser.add_argument("--models", nargs="*", default=sorted(TIMM_NAMES))
-    parser.add_argument("--size", type=int, default=224)
+    parser = argparse.ArgumentParser(
+        prog="python -m weights.parity", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=sorted(TIMM_MODELS),
+        metavar="NAME",
+        help="models to measure (default: every model with a timm counterpart)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=224,
+        help="input side in pixels (even: timm's anti-aliased models need it)",
+    )
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args(argv)
+    unknown = [n for n in args.models if n not in TIMM_MODELS]
+    if unknown:
+        parser.error(
+            f"--models: no timm counterpart for {', '.join(unknown)}; choose "
+            f"from {', '.join(sorted(TIMM_MODELS))}"
+        )
+    if args.size < 32 or args.size % 2:
+        parser.error(
+            f"--size must be an even number of pixels >= 32. Received: {args.size}"
+        )
     rows = []
     for name in args.models:
         row = measure(name, args.size)
