@@ -32,6 +32,7 @@ import json
 import logging
 import os
 
+import keras
 import numpy as np
 
 from keras_senet import convert
@@ -121,8 +122,6 @@ def check_dtypes(path, state_dict):
 def _channels(model):
     """The model's input channel count."""
     shape = model.inputs[0].shape
-    import keras
-
     axis = -1 if keras.config.image_data_format() == "channels_last" else 1
     return int(shape[axis])
 

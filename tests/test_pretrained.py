@@ -176,12 +176,16 @@ def _load_default():
                                     include_top=False)
 
 
-LIES = ["offsets past the end", "overlapping tensors", "unknown dtype", "huge header length"]
+LIES = [
+    "offsets past the end", "overlapping tensors", "unknown dtype", "integer weights",
+    "huge header length",
+]
 # Words the reader's message uses for each problem.
 NAMED = {
     "offsets past the end": "end",
     "overlapping tensors": "overlap|begin",
     "unknown dtype": "dtype",
+    "integer weights": "dtype int32",
     "huge header length": "header",
 }
 

@@ -149,6 +149,12 @@ def lying_safetensors(good, out_dir):
     dtype[first]["dtype"] = "Q7"
     out["unknown dtype"] = write_safetensors(out_dir / "dtype.safetensors", dtype, body)
 
+    # A known dtype of the right size that no weight has.
+    integer = json.loads(json.dumps(header))
+    floats = [k for k in by_offset if integer[k]["dtype"] == "F32"]
+    integer[floats[0]]["dtype"] = "I32"
+    out["integer weights"] = write_safetensors(out_dir / "integer.safetensors", integer, body)
+
     out["huge header length"] = write_safetensors(
         out_dir / "huge.safetensors", header, body, length=1 << 40
     )
