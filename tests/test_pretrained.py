@@ -285,3 +285,10 @@ def test_pretrained_weights_adapt_to_other_channel_counts(small, server, monkeyp
         got = np.asarray(model(np.transpose(x, (0, 2, 3, 1)), training=False))
         assert np.abs(got - want).max() <= TOLERANCE
     assert len(server.requests) == 1  # converted once, adapted per model
+    # A PyTorch file by path: the same rule (`convert.plan` applies it).
+    from_path = keras_senet.create_model(
+        "seresnext26d_32x4d", weights=str(small["pth"]), classifier_activation=None,
+        input_shape=(None, None, channels),
+    )
+    got = np.asarray(from_path(np.transpose(x, (0, 2, 3, 1)), training=False))
+    assert np.abs(got - want).max() <= TOLERANCE
