@@ -33,12 +33,15 @@ from keras_senet.surgery import add_squeeze_excite
 
 __version__ = "0.1.0"
 
-# Imported on first use, so that `python -m keras_senet.zoo` and
-# `python -m keras_senet.analysis` run their modules only once.
+# Imported on first use (the weights registry, the loader, analysis, export),
+# so that `python -m keras_senet.zoo` and `python -m keras_senet.analysis` run
+# their modules only once.
 _LAZY = {
-    "download_weights": ("keras_senet.zoo", "download_weights"),
+    "download_weights": ("keras_senet.models", "download_weights"),
+    "get_weights_info": ("keras_senet.zoo", "get_weights_info"),
     "list_weights": ("keras_senet.zoo", "list_weights"),
     "zoo": ("keras_senet.zoo", None),
+    "pretrained": ("keras_senet.pretrained", None),
     "analysis": ("keras_senet.analysis", None),
     "export": ("keras_senet.export", None),
 }

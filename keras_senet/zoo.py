@@ -1,374 +1,542 @@
-"""The published ImageNet weights: where they are, how to verify and load them.
+"""The published weights: one record per checkpoint, as data.
 
-`REGISTRY` is data: one `PretrainedWeights` entry per model, holding the
-published checkpoint's URL, file name and SHA-256 prefix, the preprocessing
-it expects and the accuracy reported for it. `load_into` is what
-``weights=...`` in every builder calls:
+`REGISTRY` maps timm's ``model.tag`` names to `PretrainedWeights` records
+(``"seresnextaa101d_32x8d.sw_in12k_ft_in1k_288"``; the 2017 releases keep
+their model names and carry timm's tag ``in1k``: ``"se_resnet50.in1k"``).
+A record holds everything known about one weight file and nothing else lives
+elsewhere: where to get it (`Source`: the URLs of one file, tried in order,
+with its SHA-256 prefix or full digest where known), the input it expects
+(train and test size, crop fractions, interpolation, mean/std), its number
+of classes, the accuracy reported for it, its licence and where it comes
+from. The records mirror timm's own pretrained configs
+(``timm/models/resnet.py``, ``senet.py``), which ``tests/test_registry.py``
+checks field by field; accuracy is timm's ``results/results-imagenet.csv``.
 
-- ``"imagenet"``: the converted ``.weights.h5`` from the cache when present
-  and intact (its full SHA-256 is recorded in a manifest beside it);
-  otherwise the PyTorch checkpoint is downloaded (`keras_senet.download`),
-  checked against the model tensor by tensor, converted
-  (`keras_senet.convert`) and the result cached, so later loads need neither
-  network nor conversion.
-- a path: a ``.weights.h5`` of this package, or a ``.pth`` / ``.pt``
-  checkpoint in the published layout, converted on the fly.
+A bare model name stands for its default tag, the first of the model's tags
+in timm's order (``seresnet50`` -> ``seresnet50.a1_in1k``), as in timm.
 
-Command line (to pre-fill a cache for offline clusters)::
+This module is data and lookups only: it imports no model code. Loading
+(``weights="imagenet"``, a tag or a file) is `keras_senet.pretrained`; the
+builders ask this registry for a record and hand it to the loader.
 
-    python -m keras_senet.zoo list
-    python -m keras_senet.zoo download se_resnet50 senet154   # or: all
+Command line (to list the checkpoints or pre-fill a cache)::
+
+    python -m keras_senet.zoo list [--markdown]
+    python -m keras_senet.zoo download se_resnet50 seresnet50.a1_in1k  # or: all
 """
 
 import dataclasses
-import json
-import logging
-import os
+import fnmatch
+import re
 
-
-from keras_senet import convert
-from keras_senet import download
-from keras_senet import torch_checkpoint
 from keras_senet.imagenet import IMAGENET_MEAN
 from keras_senet.imagenet import IMAGENET_STD
 
-logger = logging.getLogger(__name__)
-
-BASE_URL = "https://github.com/rwightman/pytorch-image-models/releases/download"
+# Where timm publishes its files.
+GITHUB = "https://github.com/rwightman/pytorch-image-models/releases/download"
+GITHUB_HF = "https://github.com/huggingface/pytorch-image-models/releases/download"
+GLUON = "https://github.com/rwightman/pytorch-pretrained-gluonresnet/releases/download"
 CADENE_URL = "http://data.lip6.fr/cadene/pretrainedmodels"
-# Bump when the converted layout changes: old cached conversions are redone.
-CONVERSION_VERSION = 1
-CACHE_SUBDIR = "keras_senet"
+HUB = "https://huggingface.co"
+HUB_FILE = "model.safetensors"
 
-_CADENE_SOURCE = (
-    "authors' Caffe release (hujie-frank/SENet, Apache-2.0), converted to "
-    "PyTorch by R. Cadene (pretrained-models.pytorch, BSD-3-Clause), hosted "
-    "by timm"
+IMAGENET_12K_CLASSES = 11821
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.[a-z]+$")
+
+_CSV = "timm results-imagenet.csv"
+_CARD = "timm model card (top-1 only)"
+_CADENE = (
+    "the authors' Caffe release (hujie-frank/SENet, Apache-2.0), converted "
+    "to PyTorch by R. Cadene (pretrained-models.pytorch), hosted by timm"
 )
-_TIMM_SOURCE = "trained by R. Wightman with timm (Apache-2.0)"
+_TIMM = "trained by R. Wightman with timm"
+_GLUON = "GluonCV's model zoo (Apache-2.0), ported to timm by R. Wightman"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One file: the URLs that serve it (identical bytes, tried in order).
+
+    ``filename`` is its name in the cache and on a mirror
+    (``$KERAS_SENET_WEIGHTS_URL/<filename>``). ``sha256_prefix`` is the hash
+    prefix in a GitHub release file name, ``sha256`` a full digest where one
+    is known. Hub files have neither: the loader verifies the SHA-256 that
+    the hub states for the file, checks the header against the model and
+    records the digest at the first download.
+    """
+
+    urls: tuple
+    filename: str
+    sha256_prefix: str | None = None
+    sha256: str | None = None
+
+    @property
+    def format(self):
+        """``"safetensors"`` or ``"pytorch"`` (a pickled state dict)."""
+        return "safetensors" if self.filename.endswith(".safetensors") else "pytorch"
+
+    @property
+    def host(self):
+        """``"hub"`` for the Hugging Face hub, ``"github"`` otherwise."""
+        return "hub" if self.urls[0].startswith(HUB + "/") else "github"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A reported ImageNet-1k validation accuracy (single centre crop)."""
+
+    size: int
+    crop_pct: float
+    top1: float
+    top5: float | None
+    reported_by: str = _CSV
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainedWeights:
     """One published checkpoint and everything needed to use it."""
 
-    model: str
-    filename: str  # ends in the first hex digits of the file's SHA-256
-    release: str  # timm release tag holding the file
-    top1: float | None  # ImageNet-1k val, 224, single centre crop
-    top5: float | None
-    source: str
-    interpolation: str = "bilinear"
+    model: str  # the architecture (`keras_senet.list_models()`)
+    tag: str  # timm's tag
+    sources: tuple  # `Source`s, in the order to try
+    origin: str  # who trained or converted it
+    input_size: int = 224  # training size
+    test_input_size: int | None = None  # evaluation size, if not the training one
     crop_pct: float = 0.875
-    input_size: int = 224
+    test_crop_pct: float | None = None
+    interpolation: str = "bicubic"
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     num_classes: int = 1000
-    mirrors: tuple = ()
+    results: tuple = ()  # `Result`s, by size
+    license: str = "apache-2.0"
+    timm_name: str | None = None  # timm's model.tag, when not ours
+    note: str = ""
 
     @property
+    def name(self):
+        return f"{self.model}.{self.tag}"
+
+    @property
+    def eval_size(self):
+        """The input side the weights are evaluated at."""
+        return self.test_input_size or self.input_size
+
+    @property
+    def eval_crop_pct(self):
+        if self.test_input_size is None:
+            return self.crop_pct
+        return self.test_crop_pct or self.crop_pct
+
+    @property
+    def dataset(self):
+        return "imagenet-12k" if self.num_classes == IMAGENET_12K_CLASSES else "imagenet-1k"
+
+    def result_at(self, size):
+        """The `Result` reported at input side ``size``, or None."""
+        for result in self.results:
+            if result.size == size:
+                return result
+        return None
+
+    @property
+    def top1(self):
+        """Top-1 at the evaluation size, or None if none is reported."""
+        result = self.result_at(self.eval_size)
+        return None if result is None else result.top1
+
+    @property
+    def top5(self):
+        result = self.result_at(self.eval_size)
+        return None if result is None else result.top5
+
+    # The first source, as older code and tests address a record.
+    @property
     def url(self):
-        return f"{BASE_URL}/{self.release}/{self.filename}"
+        return self.sources[0].urls[0]
+
+    @property
+    def filename(self):
+        return self.sources[0].filename
 
     @property
     def sha256_prefix(self):
-        stem = self.filename.rsplit(".", 1)[0]
-        return stem.rsplit("-", 1)[1]
+        return self.sources[0].sha256_prefix
 
     @property
     def converted_filename(self):
-        return f"{self.model}-{self.sha256_prefix}.weights.h5"
+        """The converted ``.weights.h5`` in the cache (stable per record)."""
+        prefix = self.sources[0].sha256_prefix
+        if prefix:
+            return f"{self.model}-{prefix}.weights.h5"
+        return f"{self.name}.weights.h5"
 
 
-def _cadene(model, filename, top1, top5, release="v0.1-cadene", mirror=True):
+def github(url, *mirrors, sha256_prefix=None, sha256=None):
+    """A GitHub release file; its hash prefix is read from its name."""
+    filename = url.rsplit("/", 1)[1]
+    if sha256_prefix is None:
+        match = _HASH_IN_NAME.search(filename)
+        sha256_prefix = match[1] if match else None
+    return Source((url, *mirrors), filename, sha256_prefix, sha256)
+
+
+def hub(repo, sha256=None):
+    """``model.safetensors`` of a Hugging Face hub repository ``timm/<name>``.
+
+    Cached (and fetched from a mirror) as ``<name>.safetensors``.
+    """
+    name = repo.split("/", 1)[1]
+    return Source((f"{HUB}/{repo}/resolve/main/{HUB_FILE}",), f"{name}.safetensors", None, sha256)
+
+
+def _legacy(model, timm_model, url, top1, top5, *, cadene_mirror=False, **kw):
+    source = github(url, f"{CADENE_URL}/{url.rsplit('/', 1)[1]}") if cadene_mirror else github(url)
+    kw.setdefault("interpolation", "bilinear")
+    kw.setdefault("origin", _CADENE)
     return PretrainedWeights(
         model=model,
-        filename=filename,
-        release=release,
-        top1=top1,
-        top5=top5,
-        source=_CADENE_SOURCE,
-        mirrors=(f"{CADENE_URL}/{filename}",) if mirror else (),
+        tag="in1k",
+        sources=(source,),
+        results=(Result(224, 0.875, top1, top5),),
+        timm_name=f"{timm_model}.in1k",
+        **kw,
     )
 
 
-REGISTRY = {
-    w.model: w
-    for w in (
-        PretrainedWeights(
-            "se_resnet18", "seresnet18-4bb0ce65.pth", "v0.1-weights",
-            71.74, 90.34, _TIMM_SOURCE, interpolation="bicubic",
-        ),
-        PretrainedWeights(
-            "se_resnet34", "seresnet34-a4004e63.pth", "v0.1-weights",
-            74.79, 92.13, _TIMM_SOURCE,
-        ),
-        _cadene("se_resnet50", "se_resnet50-ce0d4300.pth", 77.65, 93.73),
-        _cadene("se_resnet101", "se_resnet101-7e38fcc6.pth", 78.37, 94.26),
-        _cadene("se_resnet152", "se_resnet152-d17c99b7.pth", 78.66, 94.37),
-        PretrainedWeights(
-            "se_resnext26_32x4d", "seresnext26_32x4d-65ebdb501.pth",
-            "v0.1-weights", None, None, _TIMM_SOURCE, interpolation="bicubic",
-        ),
-        _cadene(
-            "se_resnext50_32x4d", "legacy_se_resnext50_32x4d-f3651bad.pth",
-            79.08, 94.43, release="v0.1-weights", mirror=False,
-        ),
-        _cadene(
-            "se_resnext101_32x4d", "legacy_se_resnext101_32x4d-37725eac.pth",
-            80.27, 95.03, release="v0.1-weights", mirror=False,
-        ),
-        _cadene(
-            "senet154", "legacy_senet154-e9eb9fe6.pth", 81.32, 95.50,
-            release="v0.1-weights", mirror=False,
-        ),
-    )
-}
+def _timm(model, tag, *, url=None, results=(), **kw):
+    """A timm checkpoint: its GitHub release file where timm lists one, then
+    the hub's ``model.safetensors``."""
+    sources = ((github(url),) if url else ()) + (hub(f"timm/{model}.{tag}"),)
+    kw.setdefault("origin", _GLUON if tag.startswith("gluon") else _TIMM)
+    return PretrainedWeights(model=model, tag=tag, sources=sources, results=tuple(results), **kw)
 
 
-def list_weights():
-    """Names of the models with published ImageNet weights."""
-    return sorted(REGISTRY)
+# timm's eval conventions (its _rcfg and _ttcfg).
+_RSB = dict(crop_pct=0.95, test_input_size=288, test_crop_pct=1.0)
+_TT = dict(test_input_size=288, test_crop_pct=0.95)
+_12K_NOTE = (
+    "ImageNet-12k (11,821 classes; timm's class order): use include_top="
+    "False for a backbone, or classes=11821 for its own head"
+)
+_HUB_NOTE = "only on the Hugging Face hub: no hash in a file name"
+
+_RECORDS = (
+    # The 2017-2019 releases (timm's legacy_* models).
+    _legacy(
+        "se_resnet18", "legacy_seresnet18", f"{GITHUB}/v0.1-weights/seresnet18-4bb0ce65.pth",
+        71.766, 90.332, interpolation="bicubic", origin=_TIMM,
+    ),
+    _legacy(
+        "se_resnet34", "legacy_seresnet34", f"{GITHUB}/v0.1-weights/seresnet34-a4004e63.pth",
+        74.808, 92.126, origin=_TIMM,
+    ),
+    _legacy(
+        "se_resnet50", "legacy_seresnet50", f"{GITHUB}/v0.1-cadene/se_resnet50-ce0d4300.pth",
+        77.644, 93.758, cadene_mirror=True,
+    ),
+    _legacy(
+        "se_resnet101", "legacy_seresnet101", f"{GITHUB}/v0.1-cadene/se_resnet101-7e38fcc6.pth",
+        78.386, 94.262, cadene_mirror=True,
+    ),
+    _legacy(
+        "se_resnet152", "legacy_seresnet152", f"{GITHUB}/v0.1-cadene/se_resnet152-d17c99b7.pth",
+        78.660, 94.370, cadene_mirror=True,
+    ),
+    dataclasses.replace(
+        _legacy(
+            "se_resnext26_32x4d", "legacy_seresnext26_32x4d",
+            f"{GITHUB}/v0.1-weights/seresnext26_32x4d-65ebdb501.pth",
+            77.108, 93.314, interpolation="bicubic", origin=_TIMM,
+        ),
+        sources=(github(
+            f"{GITHUB}/v0.1-weights/seresnext26_32x4d-65ebdb501.pth", sha256_prefix="65ebdb50"
+        ),),
+        note=(
+            "the file name carries nine hex digits (65ebdb501); only the first "
+            "eight, the convention of these names, are compared. Unverified "
+            "until the first real download"
+        ),
+    ),
+    _legacy(
+        "se_resnext50_32x4d", "legacy_seresnext50_32x4d",
+        f"{GITHUB}/v0.1-weights/legacy_se_resnext50_32x4d-f3651bad.pth", 79.076, 94.432,
+    ),
+    _legacy(
+        "se_resnext101_32x4d", "legacy_seresnext101_32x4d",
+        f"{GITHUB}/v0.1-weights/legacy_se_resnext101_32x4d-37725eac.pth", 80.230, 95.026,
+    ),
+    _legacy(
+        "senet154", "legacy_senet154", f"{GITHUB}/v0.1-weights/legacy_senet154-e9eb9fe6.pth",
+        81.308, 95.492,
+    ),
+    # timm's SE-ResNet / SE-ResNeXt family, in timm's tag order per model.
+    _timm(
+        "seresnet50", "a1_in1k", url=f"{GITHUB_HF}/v0.1-rsb-weights/seresnet50_a1_0-ffa00869.pth",
+        results=[Result(288, 1.0, 81.102, 95.120)], **_RSB,
+    ),
+    _timm(
+        "seresnet50", "a2_in1k", url=f"{GITHUB_HF}/v0.1-rsb-weights/seresnet50_a2_0-850de0d9.pth",
+        results=[Result(288, 1.0, 81.106, 95.222)], **_RSB,
+    ),
+    _timm(
+        "seresnet50", "a3_in1k", url=f"{GITHUB_HF}/v0.1-rsb-weights/seresnet50_a3_0-317ecd56.pth",
+        input_size=160, crop_pct=0.95, test_input_size=224, test_crop_pct=0.95,
+        results=[Result(224, 0.95, 77.028, 93.074)],
+    ),
+    _timm(
+        "seresnet50", "ra2_in1k", url=f"{GITHUB}/v0.1-weights/seresnet50_ra_224-8efdb4bb.pth",
+        results=[Result(224, 0.875, 80.26, None, _CARD), Result(288, 0.95, 81.284, 95.652)],
+        **_TT,
+    ),
+    _timm(
+        "seresnet152d", "ra2_in1k", url=f"{GITHUB}/v0.1-weights/seresnet152d_ra2-04464dd2.pth",
+        input_size=256, crop_pct=0.95, test_input_size=320, test_crop_pct=1.0,
+        results=[Result(256, 0.95, 83.70, None, _CARD), Result(320, 1.0, 84.360, 97.040)],
+    ),
+    _timm(
+        "seresnext26d_32x4d", "bt_in1k", url=f"{GITHUB}/v0.1-weights/seresnext26d_32x4d-80fa48a3.pth",
+        results=[Result(288, 0.95, 78.814, 94.240)], **_TT,
+    ),
+    _timm(
+        "seresnext26t_32x4d", "bt_in1k", url=f"{GITHUB}/v0.1-weights/seresnext26tn_32x4d-569cb627.pth",
+        results=[Result(288, 0.95, 78.744, 94.312)], **_TT,
+    ),
+    _timm(
+        "seresnext50_32x4d", "racm_in1k", url=f"{GITHUB}/v0.1-weights/seresnext50_32x4d_racm-a304a460.pth",
+        results=[Result(224, 0.875, 81.27, None, _CARD), Result(288, 0.95, 82.196, 96.148)],
+        **_TT,
+    ),
+    _timm(
+        "seresnext50_32x4d", "gluon_in1k", url=f"{GLUON}/v0.1/gluon_seresnext50_32x4d-90cf2d6e.pth",
+        results=[Result(224, 0.875, 79.910, 94.824)],
+    ),
+    _timm(
+        "seresnext101_32x4d", "gluon_in1k", url=f"{GLUON}/v0.1/gluon_seresnext101_32x4d-cf52900d.pth",
+        results=[Result(224, 0.875, 80.892, 95.296)],
+    ),
+    _timm(
+        "seresnext101_64x4d", "gluon_in1k", url=f"{GLUON}/v0.1/gluon_seresnext101_64x4d-f9926f93.pth",
+        results=[Result(224, 0.875, 80.896, 95.296)],
+    ),
+    _timm(
+        "seresnext101_32x8d", "ah_in1k", url=f"{GITHUB}/v0.1-tpu-weights/seresnext101_32x8d_ah-e6bc4c0a.pth",
+        results=[Result(224, 0.95, 83.62, None, _CARD), Result(288, 1.0, 84.186, 96.874)], **_RSB,
+    ),
+    _timm(
+        "seresnext101d_32x8d", "ah_in1k", url=f"{GITHUB}/v0.1-tpu-weights/seresnext101d_32x8d_ah-191d7b94.pth",
+        results=[Result(224, 0.95, 83.70, None, _CARD), Result(288, 1.0, 84.358, 96.920)], **_RSB,
+    ),
+    _timm(
+        "seresnextaa101d_32x8d", "sw_in12k_ft_in1k_288",
+        input_size=288, crop_pct=0.95, test_input_size=320, test_crop_pct=1.0,
+        results=[Result(288, 0.95, 86.53, None, _CARD), Result(320, 1.0, 86.724, 98.176)],
+        note=_HUB_NOTE,
+    ),
+    _timm(
+        "seresnextaa101d_32x8d", "sw_in12k_ft_in1k",
+        test_input_size=288, test_crop_pct=1.0,
+        results=[Result(224, 0.875, 85.96, None, _CARD), Result(288, 1.0, 86.484, 98.030)],
+        note=_HUB_NOTE,
+    ),
+    _timm(
+        "seresnextaa101d_32x8d", "sw_in12k", num_classes=IMAGENET_12K_CLASSES,
+        crop_pct=0.95, test_input_size=288, test_crop_pct=1.0,
+        note=f"{_12K_NOTE}; {_HUB_NOTE}",
+    ),
+    _timm(
+        "seresnextaa101d_32x8d", "ah_in1k", url=f"{GITHUB}/v0.1-tpu-weights/seresnextaa101d_32x8d_ah-83c8ae12.pth",
+        results=[Result(224, 0.95, 83.90, None, _CARD), Result(288, 1.0, 84.566, 97.076)], **_RSB,
+    ),
+    _timm(
+        "seresnextaa201d_32x8d", "sw_in12k_ft_in1k_384", input_size=384, crop_pct=1.0,
+        results=[Result(384, 1.0, 87.30, None, "timm README, 2023-07-27 (top-1 only)")],
+        note=_HUB_NOTE,
+    ),
+    _timm(
+        "seresnextaa201d_32x8d", "sw_in12k", num_classes=IMAGENET_12K_CLASSES,
+        input_size=320, crop_pct=0.95, test_input_size=384, test_crop_pct=1.0,
+        note=f"{_12K_NOTE}; {_HUB_NOTE}",
+    ),
+)
+
+
+class Registry(dict):
+    """``model.tag`` -> `PretrainedWeights`, in timm's order.
+
+    A bare model name (``REGISTRY["se_resnet50"]``) is its default tag.
+    """
+
+    def __missing__(self, key):
+        default = default_tag(key)
+        if default is None:
+            raise KeyError(key)
+        return self[f"{key}.{default}"]
+
+
+REGISTRY = Registry((r.name, r) for r in _RECORDS)
+
+
+def tags(model):
+    """The tags of ``model`` with published weights, default first."""
+    return [r.tag for r in REGISTRY.values() if r.model == model]
+
+
+def default_tag(model):
+    """The tag ``weights="imagenet"`` loads for ``model`` (None if none)."""
+    found = tags(model)
+    return found[0] if found else None
+
+
+def list_weights(pattern=None):
+    """Every loadable ``model.tag``, sorted; ``pattern`` is a glob."""
+    names = sorted(REGISTRY)
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def find(name, weights="imagenet"):
+    """The record for model or ``model.tag`` ``name`` and ``weights``.
+
+    ``weights`` is ``"imagenet"`` (the tag in ``name``, else the default
+    tag), a tag of the model, or a full ``model.tag`` of the same model.
+    Returns None when ``name`` has no such weights; raises ValueError when
+    ``weights`` names a tag that conflicts with the one in ``name``.
+    """
+    model, _, tag = name.partition(".")
+    if weights != "imagenet":
+        wanted_model, dot, wanted_tag = str(weights).rpartition(".")
+        if dot and wanted_model != model:
+            return None
+        if tag and wanted_tag != tag:
+            raise ValueError(
+                f"`weights` names tag {wanted_tag!r} but the model name "
+                f"{name!r} names tag {tag!r}. Pass the tag once. Received: "
+                f"weights={weights!r}"
+            )
+        tag = wanted_tag
+    return REGISTRY.get(f"{model}.{tag or default_tag(model)}")
 
 
 def get_weights_info(name):
-    """The `PretrainedWeights` entry of model ``name``."""
-    if name not in REGISTRY:
+    """The `PretrainedWeights` record of ``model.tag`` (or a model's default)."""
+    record = find(str(name)) if isinstance(name, str) else None
+    if record is None:
         raise ValueError(
-            f"No published ImageNet weights for {name!r}. Models with "
-            f"weights: {list_weights()}. Received: name={name!r}"
+            "No published weights under this name. Names with weights "
+            f"(`keras_senet.list_models(pretrained=True)`): {list_weights()}. "
+            f"Received: name={name!r}"
         )
-    return REGISTRY[name]
-
-
-# --- Loading ---------------------------------------------------------------
-
-
-def _is_full_model(model, info):
-    """Whether ``model`` has the published 1000-class head."""
-    try:
-        head = model.get_layer(convert.HEAD_LAYER)
-    except ValueError:
-        return False
-    return head.units == info.num_classes
-
-
-def _build_full_model(model_id):
-    from keras_senet.models import create_model
-
-    return create_model(
-        model_id, weights=None, input_shape=(None, None, 3), classes=1000
-    )
-
-
-def _copy_by_layer_name(source, target):
-    """Copies every layer of ``target`` that ``source`` has, by name."""
-    names = {layer.name for layer in source.layers}
-    for layer in target.layers:
-        if layer.weights and layer.name in names:
-            src = source.get_layer(layer.name)
-            if [tuple(w.shape) for w in src.weights] != [
-                tuple(w.shape) for w in layer.weights
-            ]:
-                continue  # the classifier of another size
-            layer.set_weights(src.get_weights())
-
-
-def _manifest_path(h5_path):
-    return h5_path + ".json"
-
-
-def _cached_conversion(info, path):
-    """The converted file at ``path`` if its manifest vouches for it."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(_manifest_path(path), encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if (
-        manifest.get("conversion_version") != CONVERSION_VERSION
-        or manifest.get("source_file") != info.filename
-    ):
-        return None
-    if download.sha256_file(path) != manifest.get("sha256"):
-        logger.warning(
-            "Converted weights %s do not match their recorded SHA-256; "
-            "converting again.",
-            path,
-        )
-        return None
-    return path
-
-
-def _convert_published(info, full_model):
-    """Downloads, checks and converts the checkpoint into ``full_model``.
-
-    Returns the path of the cached ``.weights.h5``.
-    """
-    checked = {}
-
-    def validate(path):
-        # Read and check tensor by tensor before the file enters the cache:
-        # a checkpoint of another model is never kept.
-        state_dict = torch_checkpoint.load_state_dict(path)
-        convert.plan(full_model, state_dict)
-        checked["state_dict"] = state_dict
-
-    url = download.resolve_url(info.url, info.filename)
-    pth = download.fetch(
-        url,
-        info.filename,
-        sha256_prefix=info.sha256_prefix,
-        validate=validate,
-        subdir=CACHE_SUBDIR,
-    )
-    state_dict = checked.get("state_dict")
-    if state_dict is None:  # already cached and verified earlier
-        state_dict = torch_checkpoint.load_state_dict(pth)
-    convert.load_state_dict_into(full_model, state_dict)
-    target = os.path.join(os.path.dirname(pth), info.converted_filename)
-    with download.atomic_write(target) as tmp:
-        full_model.save_weights(tmp)
-    manifest = {
-        "model": info.model,
-        "source_file": info.filename,
-        "source_url": url,
-        "source_sha256": download.sha256_file(pth),
-        "sha256": download.sha256_file(target),
-        "conversion_version": CONVERSION_VERSION,
-    }
-    with download.atomic_write(_manifest_path(target)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-    return target
-
-
-def imagenet_weights_path(model_id, full_model=None):
-    """Path of the converted ImageNet ``.weights.h5`` for ``model_id``.
-
-    Downloads and converts on first use; several processes calling this at
-    once (every rank of a distributed job) end with one good file.
-    """
-    info = get_weights_info(model_id)
-    directory = os.path.join(download.cache_dir(), CACHE_SUBDIR)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, info.converted_filename)
-    if _cached_conversion(info, path):
-        return path
-    with download.exclusive_lock(path + ".lock", info.converted_filename):
-        if _cached_conversion(info, path):  # another process finished it
-            return path
-        if full_model is None:
-            full_model = _build_full_model(model_id)
-        return _convert_published(info, full_model)
-
-
-def download_weights(names=None):
-    """Downloads and converts published weights into the cache.
-
-    Args:
-        names: model names (see `list_weights()`), or None for all.
-
-    Returns:
-        ``{name: path of the converted .weights.h5}``.
-    """
-    if isinstance(names, str):
-        names = [names]
-    names = list_weights() if names is None else list(names)
-    for name in names:
-        get_weights_info(name)  # fail early on a bad name
-    return {name: imagenet_weights_path(name) for name in names}
-
-
-def _load_checkpoint_file(model, path):
-    path = os.fspath(path)
-    if path.endswith(".weights.h5"):
-        model.load_weights(path)
-    elif path.endswith((".pth", ".pt", ".bin")):
-        convert.load_state_dict_into(
-            model, torch_checkpoint.load_state_dict(path)
-        )
-    else:
-        raise ValueError(
-            "`weights` must be None, 'imagenet', a '.weights.h5' file or a "
-            f"PyTorch checkpoint ('.pth', '.pt'). Received: weights={path!r}"
-        )
-
-
-def load_into(model, weights, *, model_id, include_top, classes):
-    """Loads ``weights`` ("imagenet" or a path) into ``model``, built as
-    ``model_id`` with ``include_top`` / ``classes``."""
-    if weights != "imagenet":
-        _load_checkpoint_file(model, weights)
-        return model
-    info = REGISTRY.get(model_id)
-    if info is None:
-        raise ValueError(
-            f"No published ImageNet weights exist for {model_id!r}. "
-            "Train it with `python -m training.train --model "
-            f"{model_id}` and load the result with weights=<path>. "
-            f"Models with ImageNet weights: {list_weights()}"
-        )
-    full = _is_full_model(model, info)
-    path = imagenet_weights_path(model_id, full_model=model if full else None)
-    if full:
-        model.load_weights(path)
-        return model
-    reference = _build_full_model(model_id)
-    reference.load_weights(path)
-    _copy_by_layer_name(reference, model)
-    if include_top and classes != info.num_classes:
-        logger.warning(
-            "%s: loaded the ImageNet backbone; the %d-class classifier is "
-            "freshly initialised (the published one has %d classes).",
-            model.name,
-            classes,
-            info.num_classes,
-        )
-    return model
+    return record
 
 
 # --- Command line ----------------------------------------------------------
 
 
-def _table():
+def _fmt(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _accuracy(record, size):
+    result = record.result_at(size)
+    if result is None:
+        return "-", "-"
+    return _fmt(result.top1), _fmt(result.top5)
+
+
+def markdown_table(records=None):
+    """A markdown table of every loadable checkpoint."""
+    records = list(REGISTRY.values()) if records is None else list(records)
     rows = [
-        "| model | file | top-1 | top-5 | interpolation | source |",
-        "|---|---|---|---|---|---|",
+        "| name.tag | classes | train size (crop) | top-1 / top-5 | test size (crop) "
+        "| top-1 / top-5 | interpolation | sources |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in list_weights():
-        w = REGISTRY[name]
-        top1 = "-" if w.top1 is None else f"{w.top1:.2f}"
-        top5 = "-" if w.top5 is None else f"{w.top5:.2f}"
+    for r in records:
+        train = "{} / {}".format(*_accuracy(r, r.input_size))
+        if r.test_input_size:
+            test_size = f"{r.test_input_size} ({r.test_crop_pct or r.crop_pct})"
+            test = "{} / {}".format(*_accuracy(r, r.test_input_size))
+        else:
+            test_size, test = "-", "-"
+        sources = ", ".join(
+            "hub" if s.host == "hub" else f"GitHub `{s.filename}`" for s in r.sources
+        )
         rows.append(
-            f"| {name} | {w.filename} | {top1} | {top5} | "
-            f"{w.interpolation} | {w.source} |"
+            f"| {r.name} | {r.num_classes} | {r.input_size} ({r.crop_pct}) | {train} "
+            f"| {test_size} | {test} | {r.interpolation} | {sources} |"
         )
     return "\n".join(rows)
 
 
+def _list_lines():
+    lines = []
+    for r in REGISTRY.values():
+        top = "" if r.top1 is None else f"  top-1 {r.top1:.2f} @ {r.eval_size}"
+        lines.append(f"{r.name}  ({r.num_classes} classes){top}")
+        for s in r.sources:
+            check = (
+                f"sha256 {s.sha256}" if s.sha256
+                else f"sha256 prefix {s.sha256_prefix}" if s.sha256_prefix
+                else "sha256 stated by the hub"
+            )
+            lines.append(f"    {s.filename}: {' | '.join(s.urls)}  [{check}]")
+    return "\n".join(lines)
+
+
 def main(argv=None):
+    """``python -m keras_senet.zoo``: list the checkpoints, or download them.
+
+    User mistakes (an unknown name, offline without the file, a refused
+    download) print one line and exit with status 2.
+    """
     import argparse
+    import os
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_senet.zoo",
         description="List or pre-download the published SE weights.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="print the weights registry")
+    ls = sub.add_parser("list", help="print every loadable checkpoint")
+    ls.add_argument("--markdown", action="store_true", help="as a markdown table")
     dl = sub.add_parser(
-        "download", help="download and convert into the cache"
+        "download",
+        help="download, verify and convert into the cache; prints each "
+        "file's full SHA-256 in sha256sum format",
     )
-    dl.add_argument("names", nargs="+", help="model names, or 'all'")
+    dl.add_argument("names", nargs="+", help="model or model.tag names, or 'all'")
     args = parser.parse_args(argv)
     if args.command == "list":
-        print(_table())
+        print(markdown_table() if args.markdown else _list_lines())
         return 0
-    names = None if args.names == ["all"] else args.names
-    for name, path in download_weights(names).items():
-        print(f"{name}: {path}")
+    names = list_weights() if args.names == ["all"] else args.names
+    for name in names:
+        if find(name) is None:
+            parser.error(
+                f"no published weights named {name!r}; see `python -m "
+                "keras_senet.zoo list`"
+            )
+    # The command line sits above the library: it builds models to convert.
+    from keras_senet import download
+    from keras_senet.models import download_weights
+
+    try:
+        for name in names:
+            for paths in download_weights([name]).values():
+                # The downloaded checkpoint (what a pin file pins), in
+                # sha256sum format; the converted file's digest is in its
+                # manifest.
+                for path in paths:
+                    if not path.endswith(".weights.h5"):
+                        line = download.format_sha256_line(
+                            download.sha256_file(path), os.path.basename(path)
+                        )
+                        print(line, flush=True)
+    except (OSError, ValueError) as error:
+        message = " ".join(str(error).split())
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
     return 0
 
 

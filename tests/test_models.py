@@ -180,9 +180,13 @@ BAD_ARGS = [
     (dict(classes=-3), "classes=-3"),
     (dict(classes=2.5), "classes=2.5"),
     (dict(pooling="mean", include_top=False), "pooling='mean'"),
-    (dict(input_shape=(224, 224, 1)), r"input_shape=\(224, 224, 1\)"),
-    (dict(input_shape=(224, 224, 4)), r"input_shape=\(224, 224, 4\)"),
     (dict(input_shape=(31, 224, 3)), r"input_shape=\(31, 224, 3\)"),
+    # Silently truncated to 64 before.
+    (dict(input_shape=(64.7, 64, 3)), r"input_shape=\(64.7, 64, 3\)"),
+    (dict(input_shape=(64, 64, 0)), r"input_shape=\(64, 64, 0\)"),
+    (dict(input_shape=(64, True, 3)), r"input_shape=\(64, True, 3\)"),
+    (dict(input_shape=(64, 64, None)), r"channels"),
+    (dict(weights="no_such_tag"), "weights='no_such_tag'"),
     (dict(input_shape=(224, 224)), r"input_shape=\(224, 224\)"),
     (dict(include_top="yes"), "include_top='yes'"),
 ]
@@ -204,8 +208,35 @@ def test_input_shape_conflicting_with_input_tensor():
 
 
 def test_create_model_rejects_unknown_names():
-    with pytest.raises(ValueError, match="name='se_resnet51'"):
+    with pytest.raises(ValueError, match="model_name='se_resnet51'"):
         keras_senet.create_model("se_resnet51")
+    with pytest.raises(ValueError, match="Unknown tag 'a1_in1k'.*'in1k'"):
+        keras_senet.create_model("se_resnet18.a1_in1k")
+
+
+def test_create_model_takes_the_keras_name():
+    """The model id is positional-only: `name` is the Keras model's name
+    (it raised "got multiple values for argument 'name'")."""
+    model = keras_senet.create_model(
+        "se_resnet18", name="my_model", include_top=False, input_shape=(32, 32, 3)
+    )
+    assert model.name == "my_model"
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_any_channel_count_without_pretrained_weights(channels):
+    """keras.applications accepts any channel count without ImageNet
+    weights (1- and 4-channel shapes were refused)."""
+    x = np.random.default_rng(0).normal(size=(2, 40, 48, channels)).astype("float32")
+    backbone = keras_senet.SEResNet18(
+        weights=None, include_top=False, input_shape=(None, None, channels)
+    )
+    assert backbone.get_layer("conv1_conv").kernel.shape == (7, 7, channels, 64)
+    assert backbone(x).shape == (2, 2, 2, 512)
+    top = keras_senet.create_model(
+        "se_resnet18", input_tensor=keras.Input((40, 48, channels)), classes=3
+    )
+    assert top(x).shape == (2, 3)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
