@@ -16,9 +16,11 @@ returns an ``(image_size, image_size, 3)`` image on the 0..255 scale, which
 
 The decoders accept what ImageNet really holds: baseline and progressive
 JPEGs in RGB, grayscale or CMYK (all come out RGB), and PNG/GIF/BMP files
-with a ``.JPEG`` name. A JPEG without its end-of-image marker is rejected:
-TensorFlow's cropping decoder would otherwise accept a truncated file as long
-as the window lies in the part that is present.
+with a ``.JPEG`` name. A JPEG whose data ends before its end-of-image
+marker is rejected (`jpeg_is_complete`): TensorFlow's cropping decoder would
+otherwise accept a truncated file as long as the window lies in the part
+that is present. Data after the image (padding, the video of a Motion Photo)
+is allowed, as libjpeg allows it.
 """
 
 import math
@@ -38,6 +40,7 @@ _CONVEX_INTERPOLATIONS = ("bilinear", "nearest", "area")
 TRAIN_DCT_METHOD = "INTEGER_FAST"
 _MAX_ATTEMPTS = 10
 _EOI_SEARCH_BYTES = 32  # Some encoders pad a few bytes after the EOI marker.
+_SCAN_CHUNK = 1 << 16  # Bytes of entropy-coded data searched per loop step.
 
 
 def check_interpolation(interpolation):
@@ -48,8 +51,8 @@ def check_interpolation(interpolation):
         )
 
 
-def has_jpeg_end(data):
-    """Whether the JPEG end-of-image marker (FF D9) is in the file's tail."""
+def _has_eoi_near_end(data):
+    """Whether the end-of-image marker (FF D9) is in the file's last bytes."""
     length = tf.strings.length(data)
     start = tf.maximum(length - _EOI_SEARCH_BYTES, 0)
     tail = tf.io.decode_raw(tf.strings.substr(data, start, length - start), tf.uint8)
@@ -58,10 +61,122 @@ def has_jpeg_end(data):
     )
 
 
-def _assert_complete_jpeg(data):
+def _first_marker(chunk):
+    """``(found, offset)`` of the first marker in entropy-coded bytes.
+
+    Inside a scan, FF is followed by 00 (a stuffed FF byte), by D0-D7 (a
+    restart marker, part of the scan) or by more FF (fill); any other byte
+    after FF is a marker that ends the scan.
+    """
+    head = tf.cast(chunk[:-1], tf.int32)
+    code = tf.cast(chunk[1:], tf.int32)
+    marker = tf.logical_and(
+        tf.equal(head, 0xFF),
+        tf.logical_not(
+            tf.logical_or(
+                tf.logical_or(tf.equal(code, 0x00), tf.equal(code, 0xFF)),
+                tf.logical_and(code >= 0xD0, code <= 0xD7),
+            )
+        ),
+    )
+    marker = tf.concat([marker, [True]], 0)  # a sentinel: argmax of no marker
+    offset = tf.cast(tf.argmax(tf.cast(marker, tf.int32)), tf.int32)
+    return offset < tf.size(marker) - 1, offset
+
+
+def _jpeg_reaches_eoi(data):
+    """Walks the JPEG's marker segments to the end-of-image marker.
+
+    From the start-of-image marker, each segment is skipped by its length
+    (so that the APP segments' contents, such as an EXIF thumbnail with its
+    own markers, are never mistaken for the image's); each scan's
+    entropy-coded data is searched for the marker that ends it. True when
+    the walk meets EOI after at least one scan: the image's data is all
+    there, whatever follows it (padding, a phone's appended video or
+    metadata). False when the file ends first (truncated) or the structure
+    is broken.
+    """
+    n = tf.strings.length(data)
+    running, complete, broken = 0, 1, 2
+
+    def header_step(pos, seen_scan):
+        head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, tf.minimum(pos, n), 4), tf.uint8, fixed_length=4), tf.int32)
+        code = head[1]
+        after = pos + 2 + head[2] * 256 + head[3]  # past a segment with a length
+        is_rst = tf.logical_and(code >= 0xD0, code <= 0xD7)
+        standalone = tf.logical_or(tf.logical_or(is_rst, tf.equal(code, 0x01)), tf.equal(code, 0xD8))
+        length_ok = head[2] * 256 + head[3] >= 2
+        status = tf.where(
+            tf.logical_or(pos + 2 > n, tf.not_equal(head[0], 0xFF)), broken,
+            tf.where(tf.equal(code, 0xD9), tf.where(seen_scan, complete, broken),
+                     tf.where(tf.logical_or(standalone, tf.equal(code, 0xFF)), running,
+                              tf.where(length_ok, running, broken))),
+        )
+        next_pos = tf.where(
+            tf.equal(code, 0xFF), pos + 1, tf.where(standalone, pos + 2, after)
+        )
+        in_scan = tf.logical_and(tf.equal(status, running), tf.equal(code, 0xDA))
+        return next_pos, status, in_scan
+
+    def scan_step(pos):
+        chunk = tf.io.decode_raw(tf.strings.substr(data, tf.minimum(pos, n), _SCAN_CHUNK + 1), tf.uint8)
+        found, offset = _first_marker(chunk)
+        length = tf.size(chunk)
+        status = tf.where(
+            tf.logical_or(found, pos + length < n), running, broken
+        )
+        # Without a marker, continue from the chunk's last byte (an FF there
+        # pairs with the next chunk's first byte).
+        next_pos = tf.where(found, pos + offset, pos + tf.maximum(length - 1, 1))
+        return next_pos, status, tf.logical_not(found)
+
+    def body(pos, status, in_scan, seen_scan):
+        next_pos, status, next_in_scan = tf.cond(
+            in_scan, lambda: scan_step(pos), lambda: header_step(pos, seen_scan)
+        )
+        return next_pos, status, next_in_scan, tf.logical_or(seen_scan, next_in_scan)
+
+    _, status, _, _ = tf.while_loop(
+        lambda pos, status, in_scan, seen_scan: tf.equal(status, running),
+        body,
+        (tf.constant(2), tf.constant(running), tf.constant(False), tf.constant(False)),
+        maximum_iterations=n,
+    )
+    return tf.equal(status, complete)
+
+
+# Called, not inlined, where images are decoded: the walk's loop then costs
+# nothing in the many decodes that do not run it.
+_jpeg_reaches_eoi_call = tf.function(
+    _jpeg_reaches_eoi,
+    input_signature=[tf.TensorSpec([], tf.string)],
+    autograph=False,
+    experimental_attributes={"_noinline": True},
+)
+
+
+def jpeg_is_complete(data):
+    """Whether a JPEG's data runs to its end-of-image marker.
+
+    Fast path: FF D9 among the file's last 32 bytes (inside a scan, FF is
+    never followed by D9, so this is the image's EOI). Otherwise the file is
+    either cut short or carries data after its image, which phones and
+    cameras append (padding, Motion Photo video, maker data):
+    `_jpeg_reaches_eoi` walks its structure to tell them apart. With the
+    header checks that reading the image's size makes, this agrees with
+    libjpeg's full decode (TensorFlow's `decode_jpeg`, PIL).
+    """
+    return tf.cond(
+        _has_eoi_near_end(data),
+        lambda: tf.constant(True),
+        lambda: _jpeg_reaches_eoi_call(data),
+    )
+
+
+def _assert_reaches_eoi(data):
     return tf.debugging.Assert(
-        has_jpeg_end(data),
-        ["Truncated JPEG: no end-of-image marker"],
+        _jpeg_reaches_eoi_call(data),
+        ["Truncated JPEG: the data ends before the end-of-image marker"],
         name="check_jpeg_end",
     )
 
@@ -76,8 +191,10 @@ def decode_window(data, window_fn, *, dct_method=""):
     cropped. Raises (at run time) on a corrupt, truncated or unknown file.
     """
 
-    def jpeg():
-        with tf.control_dependencies([_assert_complete_jpeg(data)]):
+    def jpeg(walk):
+        # A JPEG whose last bytes hold the end-of-image marker is complete;
+        # any other has its structure walked (`jpeg_is_complete`).
+        with tf.control_dependencies([_assert_reaches_eoi(data)] if walk else []):
             shape = tf.image.extract_jpeg_shape(data)
         window = tf.stack(window_fn(shape[0], shape[1]))
         return tf.image.decode_and_crop_jpeg(data, window, channels=3, dct_method=dct_method)
@@ -88,7 +205,9 @@ def decode_window(data, window_fn, *, dct_method=""):
         top, left, height, width = window_fn(shape[0], shape[1])
         return image[top : top + height, left : left + width]
 
-    image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    # One branch point: complete-looking JPEG, JPEG to walk, other format.
+    kind = tf.where(tf.io.is_jpeg(data), tf.where(_has_eoi_near_end(data), 0, 1), 2)
+    image = tf.switch_case(kind, [lambda: jpeg(False), lambda: jpeg(True), other])
     image.set_shape([None, None, 3])
     return image
 
