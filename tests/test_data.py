@@ -4,6 +4,7 @@ All images are tiny and written here with PIL (an encoder independent of
 TensorFlow); expected values come from NumPy / PIL, never from the code.
 """
 
+import functools
 import io
 import os
 
@@ -772,12 +773,69 @@ def test_train_decode_with_fast_idct_stays_close_to_exact_decode():
     data = tf.constant(encode(array, quality=90))
     exact = np.asarray(Image.open(io.BytesIO(encode(array, quality=90))).convert("RGB"), np.float32)
     reference = np.asarray(Image.fromarray(exact.astype(np.uint8)).resize((32, 32), Image.BILINEAR), np.float32)
-    out = transforms.train_image(
-        data, tf.constant(3, tf.int64), image_size=32, area_range=(1.0, 1.0),
-        aspect_ratio_range=(0.5, 2.0), random_flip=False, interpolation="bilinear",
-    ).numpy()
-    assert out.dtype == np.float32 and out.shape == (32, 32, 3)
-    assert np.abs(out - reference).mean() < 2.0
+    # The whole 64 px image to 32 px: by default decoded at libjpeg's half
+    # scale (DCT scaling, not a bilinear filter: a little further off).
+    for reduced_scale, tolerance in ((False, 2.0), (True, 3.0)):
+        out = transforms.train_image(
+            data, tf.constant(3, tf.int64), image_size=32, area_range=(1.0, 1.0),
+            aspect_ratio_range=(0.5, 2.0), random_flip=False, interpolation="bilinear",
+            reduced_scale=reduced_scale,
+        ).numpy()
+        assert out.dtype == np.float32 and out.shape == (32, 32, 3)
+        assert np.abs(out - reference).mean() < tolerance, reduced_scale
+
+
+@pytest.fixture(scope="module")
+def smooth_photo():
+    """A 1200x900 JPEG of smooth colour gradients (and its pixels)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:900, 0:1200].astype(np.float32)
+    array = np.stack([
+        128 + 100 * np.sin(x / 90) * np.cos(y / 70),
+        128 + 90 * np.cos(x / 130 + 1),
+        128 + 60 * np.sin((x + y) / 150),
+    ], -1)
+    array = np.clip(array + rng.normal(0, 2, array.shape), 0, 255).astype(np.uint8)
+    return encode(array, quality=92), array
+
+
+@pytest.mark.parametrize(
+    "window, ratio",
+    [((0, 0, 900, 1200), 8), ((100, 150, 600, 800), 8), ((13, 29, 517, 611), 8),
+     ((37, 51, 300, 260), 4), ((200, 300, 140, 200), 2), ((200, 300, 120, 200), 1)],
+)
+def test_reduced_scale_decode_stays_within_a_few_grey_levels(smooth_photo, window, ratio):
+    """A window at least twice the output decodes at libjpeg's 1/2, 1/4 or
+    1/8 scale; after the resize it is within a few grey levels of the full
+    scale decode of the same (grid-snapped) window, and closer than that to
+    an antialiased resize of the original pixels."""
+    payload, array = smooth_photo
+    size = 64
+    decode = functools.partial(
+        transforms.decode_window, tf.constant(payload), dct_method="INTEGER_FAST"
+    )
+    reduced = decode(lambda h, w: window, min_size=size).numpy()
+    # Independently: the window snapped to multiples of the ratio.
+    top, left, height, width = window
+    y0, x0 = (top + ratio // 2) // ratio, (left + ratio // 2) // ratio
+    y1, x1 = (top + height + ratio // 2) // ratio, (left + width + ratio // 2) // ratio
+    assert reduced.shape == (min(y1, -(-900 // ratio)) - y0, min(x1, -(-1200 // ratio)) - x0, 3)
+    snapped = (y0 * ratio, x0 * ratio, min((y1 - y0) * ratio, 900 - y0 * ratio),
+               min((x1 - x0) * ratio, 1200 - x0 * ratio))
+    full = decode(lambda h, w: snapped).numpy()
+
+    def resized(image):
+        return tf.image.resize(tf.cast(image, tf.float32), (size, size)).numpy()
+
+    difference = np.abs(resized(reduced) - resized(full))
+    assert difference.mean() < 1.5 and difference.max() <= 9.0, (difference.mean(), difference.max())
+    top, left, height, width = snapped
+    ideal = np.asarray(
+        Image.fromarray(array[top : top + height, left : left + width]).resize((size, size), Image.BILINEAR),
+        np.float32,
+    )
+    if ratio > 1:
+        assert np.abs(resized(reduced) - ideal).mean() < np.abs(resized(full) - ideal).mean()
 
 
 def test_bgr_channel_order_reverses_the_normalised_channels():
@@ -788,3 +846,23 @@ def test_bgr_channel_order_reverses_the_normalised_channels():
     np.testing.assert_array_equal(bgr.numpy(), rgb.numpy()[..., ::-1])
     with pytest.raises(ValueError, match="channel_order='hsv'"):
         data_lib.build_dataset("demo", "validation", channel_order="hsv", **kwargs)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_eval_resize_computes_only_the_crop_like_a_full_resize(interpolation):
+    """The eval path resizes only the pixels the centre crop keeps: the same
+    pixels as TensorFlow's antialiased resize of the whole image, cropped
+    (shrinking, slightly and fourfold, and enlarging)."""
+    rng = np.random.default_rng(1)
+    for height, width in ((375, 500), (900, 1200), (150, 200)):
+        array = textured(int(rng.integers(100)), height, width)
+        ours = transforms.eval_image(
+            tf.constant(encode(array, "PNG")), image_size=64, crop_pct=0.8, interpolation=interpolation
+        ).numpy().astype(np.float32)
+        short = 80  # floor(64 / 0.8)
+        new_h, new_w = (short, short * width // height) if height <= width else (short * height // width, short)
+        full = tf.image.resize(array, (new_h, new_w), method=interpolation, antialias=True)
+        full = transforms.to_uint8(full).numpy().astype(np.float32)
+        top, left = round((new_h - 64) / 2), round((new_w - 64) / 2)
+        difference = np.abs(ours - full[top : top + 64, left : left + 64])
+        assert difference.max() <= 1.0 and difference.mean() < 0.05, (height, width)

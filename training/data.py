@@ -32,6 +32,7 @@ import collections
 import dataclasses
 import logging
 import math
+import os
 import threading
 
 import keras
@@ -328,6 +329,13 @@ def _open_source(
     return sources.folder_source(location, split, **common)
 
 
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _check_labels(num_classes):
     """A batch map: fails, naming the files, on a label outside 0..N-1."""
 
@@ -347,7 +355,7 @@ def _check_labels(num_classes):
     return check
 
 
-def _decode_groups(ds, image_fn, *, payload_is_path, group_size, deterministic):
+def _decode_groups(ds, image_fn, *, payload_is_path, group_size, deterministic, parallelism):
     """Decodes the elements in groups; a file that fails is left out.
 
     tf.data catches errors only at a dataset's boundary. Each group of
@@ -388,9 +396,13 @@ def _decode_groups(ds, image_fn, *, payload_is_path, group_size, deterministic):
 
         return decoded.concatenate(closing).scan(tf.constant(-1), account)
 
+    # A group per thread, and as many started ahead: when one ends, the
+    # next is already under way. (AUTOTUNE here measured 8-13 % more CPU per
+    # image for the same work on 2 cores.) In order, whole groups follow
+    # each other: the files' order; otherwise any image that is ready.
     return ds.batch(group_size).interleave(
-        decode_group, block_length=1, num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
+        decode_group, cycle_length=2 * parallelism, num_parallel_calls=parallelism,
+        block_length=group_size + 1 if deterministic else 1, deterministic=deterministic,
     )
 
 
@@ -493,7 +505,9 @@ def build_dataset(
             given the same order); None draws fresh randomness.
         cache: keep the decoded, cropped eval images (uint8) in memory after
             the first pass (about 150 KB per 224x224 image).
-        private_threads: size of a private thread pool for this pipeline.
+        private_threads: size of a private thread pool for this pipeline,
+            and the number of images decoded at once (default: the cores
+            this process may use).
         repeat: repeat forever; defaults to ``training``.
         data_dir: TFDS ``data_dir``.
         shuffle_buffer_size: records in the shuffle buffer (TFRecord, TFDS).
@@ -572,6 +586,7 @@ def build_dataset(
     ds = _decode_groups(
         ds, image_fn, payload_is_path=source.payload_is_path,
         group_size=_GROUP_SIZE, deterministic=deterministic,
+        parallelism=private_threads or _available_cores(),
     )
     replicas_per_pipeline = (
         max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines)
