@@ -550,31 +550,43 @@ def test_corrupt_file_logger_holds_training_skips_until_their_step():
 @pytest.mark.slow
 def test_one_epoch_fit_counts_each_skipped_file_once(tmp_path, caplog):
     """The decoders run passes ahead of a short run; the epoch's count is
-    that of the data trained on: each broken file at most once (before: the
-    running total of every pass decoded, about five times as many)."""
+    that of the data trained on: exactly the broken files that lie, in the
+    shuffled order, before the last image trained on (before: the running
+    total of every pass decoded, several times the broken files)."""
     import keras
 
-    good, broken = 122, 6
+    good, broken, batch, steps = 250, 6, 60, 2
     payload = encode(solid([90, 90, 90], 16, 16))
     for i in range(good + broken):
         data = payload if i < good else payload[: len(payload) // 2]
         write(str(tmp_path / "train" / f"c{i % 2}" / f"{i:03d}.JPEG"), data)
-    ds = data_lib.build_dataset(str(tmp_path), "train", image_size=8, global_batch_size=60, shuffle_seed=3)
+    kwargs = dict(training=True, input_context=None, seed=3)
+    order = [int(os.path.basename(n.decode())[:3]) for _, _, n in
+             sources.folder_source(str(tmp_path), "train", **kwargs).dataset.as_numpy_iterator()]
+    is_good = np.array(order) < good
+    kept_before = np.cumsum(is_good) - is_good
+    expected = sum(
+        1 for index, position in zip(order, kept_before)
+        if index >= good and position < batch * steps
+    )
+    assert 0 < expected < broken  # this seed: some broken files in the part trained on
+    ds = data_lib.build_dataset(
+        str(tmp_path), "train", image_size=8, global_batch_size=batch, shuffle_seed=3,
+        deterministic=True,  # the output order is the shuffled files' order
+    )
     model = keras.Sequential([
         keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2),
     ])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callback = data_lib.CorruptFileLogger()
-    data_lib.reset_skipped_files()
     with caplog.at_level("WARNING", logger="training.data"):
-        history = model.fit(ds, epochs=1, steps_per_epoch=2, callbacks=[callback], verbose=0)
-    counted = history.history["skipped_files"][0]
-    # 120 of the 122 good images trained on: nearly all broken files lie in
-    # that part of the first pass, none of another pass.
-    assert broken - 2 <= counted <= broken
+        history = model.fit(ds, epochs=1, steps_per_epoch=steps, callbacks=[callback], verbose=0)
+    assert history.history["skipped_files"] == [expected]
     messages = [r.getMessage() for r in caplog.records if r.name == "training.data"]
-    assert len(messages) == 1 and messages[0].startswith(f"Epoch 1: skipped {counted} ")
-    assert data_lib.skipped_files() >= counted  # the decoders' own tally
+    if expected:
+        assert len(messages) == 1 and messages[0].startswith(f"Epoch 1: skipped {expected} ")
+    else:
+        assert messages == []
 
 
 # ----------------------------------------------------------------- TFRecord

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import threading
+import weakref
 
 import keras
 import tensorflow as tf
@@ -106,7 +107,7 @@ def describe(data, data_dir=None):
 # consumed whole, so theirs count at once.
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # each pipeline its own
 class _Stream:
     """What the skip log needs to know of one pipeline."""
 
@@ -123,6 +124,7 @@ class _SkipLog:
         self.count = 0
         self.names = collections.deque(maxlen=keep)
         self._loggers = []
+        self._reported_by_callback = weakref.WeakSet()
 
     def record(self, stream, names, position):
         names = [n.decode("utf-8", "replace") for n in names.numpy()]
@@ -131,9 +133,14 @@ class _SkipLog:
             self.count += len(names)
             self.names.extend(names)
             loggers = list(self._loggers)
+            if loggers and stream.held_back:
+                self._reported_by_callback.add(stream)
+            silent = stream in self._reported_by_callback
         for callback in loggers:
             callback._note(names, step if stream.held_back else None)
-        if not loggers:
+        # A training pipeline a callback reported on is decoding ahead of a
+        # `fit` that has ended: nothing to tell.
+        if not loggers and not silent:
             for name in names:
                 logger.warning(
                     "Skipped image file %s: it cannot be decoded (corrupt, "

@@ -50,7 +50,7 @@ _STAND_IN_JPEG = bytes.fromhex(
     "575f626768673e4d71797064785c656763ffc0000b080001000101011100ffc400140001"
     "00000000000000000000000000000007ffc4001410010000000000000000000000000000"
     "0000ffda0008010100003f003f7fffd9"
-)  # Bytes of entropy-coded data searched per loop step.
+)
 
 
 def check_interpolation(interpolation):
@@ -157,8 +157,9 @@ def _scaled_window(window, ratio):
     one (the output is ``ceil(side / ratio)`` wide). The window's edges snap
     to the nearest multiples of ``ratio``: the decode is then exactly that
     snapped window at reduced scale, which differs from the window drawn by
-    less than ``ratio / 2`` pixels per edge (under 1 % of its side, as
-    ``ratio`` is used only for windows 2 ``ratio`` times the output size).
+    less than ``ratio / 2`` pixels per edge: as ``ratio`` is used only for
+    windows at least ``ratio`` times the output size, less than half an
+    output pixel.
     """
     if ratio == 1:
         return window
@@ -380,10 +381,10 @@ def _pil_resize_crop(image, new_h, new_w, top, left, size, interpolation):
     """The ``size`` x ``size`` window at (top, left) of PIL's antialiased
     resize of ``image`` to ``new_h`` x ``new_w``, in float32.
 
-    Rows, then columns: each output pixel a weighted sum of a few taps,
-    computed only for the pixels the crop keeps. Several times faster than
-    `tf.image.resize` with ``antialias=True``, and nearer PIL, whose filter
-    support and pixel centres it copies.
+    Rows, then columns: each output pixel a weighted sum of a few taps (PIL's
+    filter support and pixel centres), computed only for the pixels the crop
+    keeps: about 1.6 times faster than `tf.image.resize` with
+    ``antialias=True`` of the whole image, with the same pixels.
     """
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
