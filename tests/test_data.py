@@ -518,6 +518,7 @@ def test_corrupt_file_logger_counts_validation_skips_per_epoch(odd_folder, caplo
         assert logs["skipped_files"] == 2  # this epoch's pass, not a running total
         lines = [r.getMessage() for r in caplog.records if r.name == "training.data"]
         assert len(lines) == 1 and lines[0].startswith(f"Epoch {epoch + 1}: skipped 2 ")
+        assert "from 2 file(s)" in lines[0]
         assert "garbage.JPEG" in lines[0] and "truncated.JPEG" in lines[0]
     callback.on_train_end()
     assert callback.total == 4

@@ -256,9 +256,9 @@ class CorruptFileLogger(keras.callbacks.Callback):
             shown = ", ".join(distinct[: self._SHOWN])
             more = len(distinct) - self._SHOWN
             logger.warning(
-                "Epoch %d: skipped %d image file(s) that cannot be decoded "
-                "(corrupt, truncated or not an image; %d in this run): %s%s",
-                epoch + 1, len(names), self.total, shown,
+                "Epoch %d: skipped %d image(s) that cannot be decoded (corrupt, "
+                "truncated or not an image; %d in this run), from %d file(s): %s%s",
+                epoch + 1, len(names), self.total, len(distinct), shown,
                 f" and {more} more" if more > 0 else "",
             )
         if logs is not None:
