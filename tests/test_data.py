@@ -4,6 +4,7 @@ All images are tiny and written here with PIL (an encoder independent of
 TensorFlow); expected values come from NumPy / PIL, never from the code.
 """
 
+import functools
 import io
 import os
 
@@ -280,6 +281,69 @@ def test_folder_class_checks(tmp_path):
     assert list(sources.folder_classes(str(tmp_path / "b"))) == ours
 
 
+def test_hidden_entries_are_never_classes_or_images(tmp_path):
+    root = make_folder(tmp_path)
+    for split_dir in ("train", "val"):
+        for junk in (".ipynb_checkpoints", "__MACOSX", ".Trash-0"):
+            write(str(tmp_path / split_dir / junk / "img0.JPEG"), encode(solid([250] * 3)))
+        # macOS AppleDouble companions sit beside the images, named "._*".
+        write(str(tmp_path / split_dir / "a_cls" / "._img0.JPEG"), b"\x00\x05\x16\x07 resource fork")
+    info = data_lib.describe(root)
+    assert info.class_names == ("a_cls", "b_cls", "c_cls")
+    assert (info.num_train, info.num_eval) == (6, 6)
+    data_lib.reset_skipped_files()
+    images, labels = collect(data_lib.build_dataset(root, "validation", global_batch_size=4, **EVAL))
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])  # not shifted by one
+    assert data_lib.skipped_files() == 0
+
+
+def test_imagenet_tree_with_extra_folders_is_refused(tmp_path):
+    ours = wnids()
+    train = tmp_path / "train"
+    for name in ours + [".ipynb_checkpoints", "__MACOSX"]:
+        os.makedirs(train / name)
+    assert list(sources.folder_classes(str(tmp_path))) == ours  # hidden ones ignored
+    os.makedirs(train / "backup")
+    with pytest.raises(ValueError, match=r"1000 ImageNet-1k class folders and 1 other.*'backup'"):
+        data_lib.describe(str(tmp_path))
+    # 1000 folders, one of them not a WordNet id: names what is off.
+    os.rename(train / ours[5], train / "n99999999")
+    os.rmdir(train / "backup")
+    with pytest.raises(ValueError, match=rf"missing: \['{ours[5]}'\].*'n99999999'"):
+        sources.folder_classes(str(tmp_path))
+    # A larger tree of WordNet ids only (ImageNet-21k style) is its own dataset.
+    os.rename(train / "n99999999", train / ours[5])
+    os.makedirs(train / "n99999999")
+    assert len(sources.folder_classes(str(tmp_path))) == 1001
+
+
+def test_odd_directory_entries_are_skipped_and_named(tmp_path, caplog):
+    """A non-UTF-8 file or class folder name, link loops and a broken link
+    are left out and named in the log; everything else trains."""
+    root = make_folder(tmp_path)
+    good = encode(solid([class_grey(0)] * 3))
+    split = os.fsencode(str(tmp_path / "train"))
+    with open(split + b"/a_cls/caf\xe9.JPEG", "wb") as f:
+        f.write(good)
+    os.makedirs(split + b"/d_\xe9t\xe9")
+    with open(split + b"/d_\xe9t\xe9/x.JPEG", "wb") as f:
+        f.write(good)
+    os.symlink("loop_b", tmp_path / "train" / "loop_a")
+    os.symlink("loop_a", tmp_path / "train" / "loop_b")
+    os.symlink("self.JPEG", tmp_path / "train" / "a_cls" / "self.JPEG")
+    os.symlink("missing.JPEG", tmp_path / "train" / "a_cls" / "gone.JPEG")
+    with caplog.at_level("WARNING", logger="training.sources"):
+        info = data_lib.describe(root)
+        ds = data_lib.build_dataset(root, "train", image_size=8, global_batch_size=2, repeat=False, shuffle_seed=0)
+        images, labels = collect(ds)
+    assert info.class_names == ("a_cls", "b_cls", "c_cls") and info.num_train == 6
+    assert len(images) == 6
+    logged = caplog.text
+    for name in ("caf\\xe9.JPEG", "d_\\xe9t\\xe9", "loop_a", "loop_b", "self.JPEG", "gone.JPEG"):
+        assert name in logged, name
+    assert logged.count("caf\\xe9.JPEG") == 1  # once per process, not per listing
+
+
 def test_eval_is_deterministic(tmp_path):
     for k in range(10):
         write(str(tmp_path / "val" / f"c{k % 3}" / f"{k}.JPEG"), encode(textured(k)))
@@ -295,7 +359,7 @@ def test_eval_is_deterministic(tmp_path):
 
 @pytest.fixture
 def odd_folder(tmp_path):
-    """Three odd but valid files, two broken ones, one normal file."""
+    """Four odd but valid files, two broken ones, one normal file."""
     original = textured(5)
     good = encode(original)
     files = {
@@ -303,6 +367,7 @@ def odd_folder(tmp_path):
         "gray.JPEG": encode(original, mode="L"),
         "png.JPEG": encode(original, "PNG"),
         "normal.JPEG": good,
+        "trailer.JPEG": good + b"\x00" * 64,
         "truncated.JPEG": good[: len(good) * 3 // 4],
         "garbage.JPEG": b"\x00 not an image at all " * 20,
     }
@@ -328,13 +393,89 @@ def test_odd_files_decode_to_rgb():
 def test_truncated_jpeg_is_rejected_even_when_window_is_present():
     good = encode(textured(7, 64, 64))
     truncated = tf.constant(good[: len(good) * 2 // 3])
-    assert transforms.has_jpeg_end(tf.constant(good))
-    assert not transforms.has_jpeg_end(truncated)
+    assert transforms.jpeg_is_complete(tf.constant(good))
+    assert not transforms.jpeg_is_complete(truncated)
     # TensorFlow itself decodes a window that lies in the part present...
     assert tf.image.decode_and_crop_jpeg(truncated, [0, 0, 8, 8], channels=3).shape == (8, 8, 3)
     # ...ours does not.
     with pytest.raises(tf.errors.InvalidArgumentError, match="end-of-image"):
         transforms.decode_window(truncated, lambda h, w: (0, 0, 8, 8))
+
+
+def _pil_decodes(payload):
+    try:
+        Image.open(io.BytesIO(payload)).load()
+        return True
+    except OSError:
+        return False
+
+
+def _jpeg_variants():
+    """Baseline and progressive JPEGs, with an EXIF-like APP1 segment that
+    holds a complete thumbnail (its own SOS and EOI) in front."""
+    array = textured(9, 48, 64)
+    thumb = encode(textured(10, 8, 8))
+    app1 = b"\xff\xe1" + (len(thumb) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + thumb
+    for progressive in (False, True):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, "JPEG", quality=90, progressive=progressive)
+        plain = buffer.getvalue()
+        yield plain
+        yield plain[:2] + app1 + plain[2:]
+
+
+def test_jpeg_completeness_agrees_with_pil_on_cuts_and_trailers():
+    """Every cut of the file (each of the last 40 bytes, and throughout) and
+    every kind of trailer: the pipeline takes exactly what PIL decodes."""
+    decode = tf.function(lambda x: transforms.decode_window(x, lambda h, w: (0, 0, 8, 8)))
+
+    def ours(payload):
+        try:
+            decode(tf.constant(payload))
+            return True
+        except tf.errors.InvalidArgumentError:
+            return False
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for jpeg in _jpeg_variants():
+        n = len(jpeg)
+        cuts = sorted(set(range(n - 40, n)) | set(range(4, n, n // 23)))
+        payloads = [jpeg[:cut] for cut in cuts] + [
+            jpeg + b"\x00" * 64,  # padding
+            jpeg + b"\xff" * 100,  # fill bytes
+            jpeg + b"\x00\x00\x00\x18ftypmp42" + rng.bytes(5000),  # Motion Photo video
+            jpeg + encode(textured(11, 16, 16)),  # a second image (MPF)
+        ]
+        for payload in payloads:
+            assert ours(payload) == _pil_decodes(payload), (len(payload), n)
+            checked += 1
+    assert checked > 200
+    # Trailers are used, truncations refused; the latter fail with our message.
+    jpeg = next(_jpeg_variants())
+    assert transforms.jpeg_is_complete(tf.constant(jpeg + b"\x00" * 64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="end-of-image"):
+        decode(tf.constant(jpeg[:-200]))
+
+
+def test_jpegs_with_trailers_train_and_evaluate(tmp_path):
+    good = encode(solid([120, 120, 120], 20, 20))
+    payloads = {
+        "padded.JPEG": good + b"\x00" * 64,
+        "motion.JPEG": good + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40,
+        "plain.JPEG": good,
+        "cut.JPEG": good[:-2],
+    }
+    for name, payload in payloads.items():
+        write(str(tmp_path / "train" / "n0" / name), payload)
+        write(str(tmp_path / "val" / "n0" / name), payload)
+    for split in ("train", "validation"):
+        data_lib.reset_skipped_files()
+        images, _ = collect(data_lib.build_dataset(
+            str(tmp_path), split, image_size=8, global_batch_size=1, repeat=False
+        ))
+        assert len(images) == 3 and np.abs(images - normalised([120] * 3)).max() < JPEG_TOL
+        assert [os.path.basename(n) for n in data_lib.skipped_file_names()] == ["cut.JPEG"]
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
@@ -345,7 +486,7 @@ def test_corrupt_files_are_skipped_and_counted(odd_folder, split):
         root, split, image_size=16, global_batch_size=1, repeat=False, area_range=(0.05, 0.06)
     )
     images, _ = collect(ds)
-    assert len(images) == 4  # cmyk, gray, png, normal
+    assert len(images) == 5  # cmyk, gray, png, trailer, normal
     assert data_lib.skipped_files() == 2
     assert sorted(os.path.basename(n) for n in data_lib.skipped_file_names()) == [
         "garbage.JPEG", "truncated.JPEG"
@@ -363,15 +504,90 @@ def test_strict_mode_names_the_broken_file(tmp_path, broken, odd_folder):
         collect(ds)
 
 
-def test_corrupt_file_logger_reports_per_epoch(odd_folder):
+def test_corrupt_file_logger_counts_validation_skips_per_epoch(odd_folder, caplog):
     root, _ = odd_folder
-    data_lib.reset_skipped_files()
-    logger = data_lib.CorruptFileLogger()
+    callback = data_lib.CorruptFileLogger()
+    callback.on_train_begin()
+    for epoch in range(2):
+        logs = {}
+        callback.on_epoch_begin(epoch)
+        with caplog.at_level("WARNING", logger="training.data"):
+            caplog.clear()
+            collect(data_lib.build_dataset(root, "validation", global_batch_size=8, **EVAL))
+            callback.on_epoch_end(epoch, logs)
+        assert logs["skipped_files"] == 2  # this epoch's pass, not a running total
+        lines = [r.getMessage() for r in caplog.records if r.name == "training.data"]
+        assert len(lines) == 1 and lines[0].startswith(f"Epoch {epoch + 1}: skipped 2 ")
+        assert "from 2 file(s)" in lines[0]
+        assert "garbage.JPEG" in lines[0] and "truncated.JPEG" in lines[0]
+    callback.on_train_end()
+    assert callback.total == 4
+
+
+def test_corrupt_file_logger_holds_training_skips_until_their_step():
+    """A training pipeline's skip counts when training reaches the step
+    whose batch holds the next image; skips decoded ahead of the last step
+    are dropped at the end of training."""
+    stream = data_lib._Stream(images_per_step=8, held_back=True)
+    callback = data_lib.CorruptFileLogger()
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    data_lib._SKIPPED.record(stream, tf.constant([b"early"]), 3)  # step 0
+    data_lib._SKIPPED.record(stream, tf.constant([b"later"]), 17)  # step 2
+    data_lib._SKIPPED.record(stream, tf.constant([b"ahead"]), 40)  # step 5
+    callback.on_train_batch_end(0)
+    callback.on_train_batch_end(1)  # steps 0 and 1 taken
     logs = {}
-    logger.on_epoch_begin(0)
-    collect(data_lib.build_dataset(root, "validation", global_batch_size=8, **EVAL))
-    logger.on_epoch_end(0, logs)
-    assert logs["skipped_files"] == 2
+    callback.on_epoch_end(0, logs)
+    assert logs["skipped_files"] == 1
+    callback.on_epoch_begin(1)
+    callback.on_train_batch_end(1)  # steps 2 and 3 (batch counts from 0 per epoch)
+    callback.on_epoch_end(1, logs)
+    assert logs["skipped_files"] == 1 and callback.total == 2
+    callback.on_train_end()
+    assert callback._held == []  # "ahead" was never trained on
+
+
+@pytest.mark.slow
+def test_one_epoch_fit_counts_each_skipped_file_once(tmp_path, caplog):
+    """The decoders run passes ahead of a short run; the epoch's count is
+    that of the data trained on: exactly the broken files that lie, in the
+    shuffled order, before the last image trained on (before: the running
+    total of every pass decoded, several times the broken files)."""
+    import keras
+
+    good, broken, batch, steps = 250, 6, 60, 2
+    payload = encode(solid([90, 90, 90], 16, 16))
+    for i in range(good + broken):
+        data = payload if i < good else payload[: len(payload) // 2]
+        write(str(tmp_path / "train" / f"c{i % 2}" / f"{i:03d}.JPEG"), data)
+    kwargs = dict(training=True, input_context=None, seed=3)
+    order = [int(os.path.basename(n.decode())[:3]) for _, _, n in
+             sources.folder_source(str(tmp_path), "train", **kwargs).dataset.as_numpy_iterator()]
+    is_good = np.array(order) < good
+    kept_before = np.cumsum(is_good) - is_good
+    expected = sum(
+        1 for index, position in zip(order, kept_before)
+        if index >= good and position < batch * steps
+    )
+    assert 0 < expected < broken  # this seed: some broken files in the part trained on
+    ds = data_lib.build_dataset(
+        str(tmp_path), "train", image_size=8, global_batch_size=batch, shuffle_seed=3,
+        deterministic=True,  # the output order is the shuffled files' order
+    )
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2),
+    ])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = data_lib.CorruptFileLogger()
+    with caplog.at_level("WARNING", logger="training.data"):
+        history = model.fit(ds, epochs=1, steps_per_epoch=steps, callbacks=[callback], verbose=0)
+    assert history.history["skipped_files"] == [expected]
+    messages = [r.getMessage() for r in caplog.records if r.name == "training.data"]
+    if expected:
+        assert len(messages) == 1 and messages[0].startswith(f"Epoch 1: skipped {expected} ")
+    else:
+        assert messages == []
 
 
 # ----------------------------------------------------------------- TFRecord
@@ -451,25 +667,6 @@ def test_input_context_sets_per_replica_batch(tmp_path):
     ds = data_lib.build_dataset(root, "train", image_size=8, global_batch_size=12, input_context=ctx)
     images, labels = next(iter(ds))
     assert images.shape == (4, 8, 8, 3)
-
-
-# ----------------------------------------------------------------- TFDS
-
-
-def test_mock_tfds_end_to_end():
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=6):
-        info = data_lib.describe("imagenet2012")
-        assert info.num_classes == 1000 and list(info.class_names) == wnids()
-        images, labels = collect(
-            data_lib.build_dataset("imagenet2012", "validation", image_size=16, global_batch_size=4)
-        )
-        assert images.shape == (6, 16, 16, 3) and labels.dtype == np.int32
-        assert ((labels >= 0) & (labels < 1000)).all()
-        train = data_lib.build_dataset("tfds:imagenet2012", "train", image_size=16, global_batch_size=4)
-        x, y = next(iter(train))
-        assert x.shape == (4, 16, 16, 3) and np.isfinite(x.numpy()).all()
 
 
 # ----------------------------------------------------------------- arguments
@@ -589,12 +786,69 @@ def test_train_decode_with_fast_idct_stays_close_to_exact_decode():
     data = tf.constant(encode(array, quality=90))
     exact = np.asarray(Image.open(io.BytesIO(encode(array, quality=90))).convert("RGB"), np.float32)
     reference = np.asarray(Image.fromarray(exact.astype(np.uint8)).resize((32, 32), Image.BILINEAR), np.float32)
-    out = transforms.train_image(
-        data, tf.constant(3, tf.int64), image_size=32, area_range=(1.0, 1.0),
-        aspect_ratio_range=(0.5, 2.0), random_flip=False, interpolation="bilinear",
-    ).numpy()
-    assert out.dtype == np.float32 and out.shape == (32, 32, 3)
-    assert np.abs(out - reference).mean() < 2.0
+    # The whole 64 px image to 32 px: by default decoded at libjpeg's half
+    # scale (DCT scaling, not a bilinear filter: a little further off).
+    for reduced_scale, tolerance in ((False, 2.0), (True, 3.0)):
+        out = transforms.train_image(
+            data, tf.constant(3, tf.int64), image_size=32, area_range=(1.0, 1.0),
+            aspect_ratio_range=(0.5, 2.0), random_flip=False, interpolation="bilinear",
+            reduced_scale=reduced_scale,
+        ).numpy()
+        assert out.dtype == np.float32 and out.shape == (32, 32, 3)
+        assert np.abs(out - reference).mean() < tolerance, reduced_scale
+
+
+@pytest.fixture(scope="module")
+def smooth_photo():
+    """A 1200x900 JPEG of smooth colour gradients (and its pixels)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:900, 0:1200].astype(np.float32)
+    array = np.stack([
+        128 + 100 * np.sin(x / 90) * np.cos(y / 70),
+        128 + 90 * np.cos(x / 130 + 1),
+        128 + 60 * np.sin((x + y) / 150),
+    ], -1)
+    array = np.clip(array + rng.normal(0, 2, array.shape), 0, 255).astype(np.uint8)
+    return encode(array, quality=92), array
+
+
+@pytest.mark.parametrize(
+    "window, ratio",
+    [((0, 0, 900, 1200), 8), ((100, 150, 600, 800), 8), ((13, 29, 517, 611), 8),
+     ((37, 51, 300, 260), 4), ((200, 300, 140, 200), 2), ((200, 300, 120, 200), 1)],
+)
+def test_reduced_scale_decode_stays_within_a_few_grey_levels(smooth_photo, window, ratio):
+    """A window at least twice the output decodes at libjpeg's 1/2, 1/4 or
+    1/8 scale; after the resize it is within a few grey levels of the full
+    scale decode of the same (grid-snapped) window, and closer than that to
+    an antialiased resize of the original pixels."""
+    payload, array = smooth_photo
+    size = 64
+    decode = functools.partial(
+        transforms.decode_window, tf.constant(payload), dct_method="INTEGER_FAST"
+    )
+    reduced = decode(lambda h, w: window, min_size=size).numpy()
+    # Independently: the window snapped to multiples of the ratio.
+    top, left, height, width = window
+    y0, x0 = (top + ratio // 2) // ratio, (left + ratio // 2) // ratio
+    y1, x1 = (top + height + ratio // 2) // ratio, (left + width + ratio // 2) // ratio
+    assert reduced.shape == (min(y1, -(-900 // ratio)) - y0, min(x1, -(-1200 // ratio)) - x0, 3)
+    snapped = (y0 * ratio, x0 * ratio, min((y1 - y0) * ratio, 900 - y0 * ratio),
+               min((x1 - x0) * ratio, 1200 - x0 * ratio))
+    full = decode(lambda h, w: snapped).numpy()
+
+    def resized(image):
+        return tf.image.resize(tf.cast(image, tf.float32), (size, size)).numpy()
+
+    difference = np.abs(resized(reduced) - resized(full))
+    assert difference.mean() < 1.5 and difference.max() <= 9.0, (difference.mean(), difference.max())
+    top, left, height, width = snapped
+    ideal = np.asarray(
+        Image.fromarray(array[top : top + height, left : left + width]).resize((size, size), Image.BILINEAR),
+        np.float32,
+    )
+    if ratio > 1:
+        assert np.abs(resized(reduced) - ideal).mean() < np.abs(resized(full) - ideal).mean()
 
 
 def test_bgr_channel_order_reverses_the_normalised_channels():
@@ -605,3 +859,23 @@ def test_bgr_channel_order_reverses_the_normalised_channels():
     np.testing.assert_array_equal(bgr.numpy(), rgb.numpy()[..., ::-1])
     with pytest.raises(ValueError, match="channel_order='hsv'"):
         data_lib.build_dataset("demo", "validation", channel_order="hsv", **kwargs)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_eval_resize_computes_only_the_crop_like_a_full_resize(interpolation):
+    """The eval path resizes only the pixels the centre crop keeps: the same
+    pixels as TensorFlow's antialiased resize of the whole image, cropped
+    (shrinking, slightly and fourfold, and enlarging)."""
+    rng = np.random.default_rng(1)
+    for height, width in ((375, 500), (900, 1200), (150, 200)):
+        array = textured(int(rng.integers(100)), height, width)
+        ours = transforms.eval_image(
+            tf.constant(encode(array, "PNG")), image_size=64, crop_pct=0.8, interpolation=interpolation
+        ).numpy().astype(np.float32)
+        short = 80  # floor(64 / 0.8)
+        new_h, new_w = (short, short * width // height) if height <= width else (short * height // width, short)
+        full = tf.image.resize(array, (new_h, new_w), method=interpolation, antialias=True)
+        full = transforms.to_uint8(full).numpy().astype(np.float32)
+        top, left = round((new_h - 64) / 2), round((new_w - 64) / 2)
+        difference = np.abs(ours - full[top : top + 64, left : left + 64])
+        assert difference.max() <= 1.0 and difference.mean() < 0.05, (height, width)

@@ -39,8 +39,9 @@ def _image(width, height, seed):
 
 
 # Sizes where truncating vs rounding the long side, and rounding the crop
-# offset, make a difference (e.g. 640x481 -> 340.6, 257x300 -> 298.8).
-SIZES = [(500, 375), (375, 500), (333, 500), (640, 481), (257, 300), (481, 640)]
+# offset, make a difference (e.g. 640x481 -> 340.6, 257x300 -> 298.8); one
+# smaller than the crop (upscaled) and one shrunk fourfold.
+SIZES = [(500, 375), (375, 500), (333, 500), (640, 481), (257, 300), (481, 640), (200, 150), (1024, 768)]
 
 
 @pytest.mark.parametrize("name", ["se_resnet50", "se_resnet18"])

@@ -14,6 +14,7 @@ index is ``i`` modulo ``n``: disjoint parts that together make the whole.
 import dataclasses
 import functools
 import glob
+import logging
 import os
 import re
 
@@ -31,6 +32,8 @@ TFRECORD_PREFIXES = {"train": "train", "validation": "validation"}
 # shards holding 1,281,167 and 50,000 images.
 _IMAGENET_SHARDS = {"train": (1024, 1_281_167), "validation": (128, 50_000)}
 _LABEL_SAMPLE = 8192
+_WNID = re.compile(r"^n\d{8}$")
+logger = logging.getLogger(__name__)
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?$")
 
 
@@ -53,6 +56,15 @@ def resolve(data):
             f"image-folder root. Received: data={data!r}"
         )
     data = os.fspath(data)
+    if isinstance(data, bytes):
+        data = os.fsdecode(data)
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            "`data` must be a UTF-8 path: TensorFlow cannot open the files "
+            f"under another. Received: data={_printable(data)!r}"
+        ) from None
     for kind in ("tfds", "tfrecord", "folder"):
         if data.startswith(kind + ":"):
             return kind, data[len(kind) + 1 :]
@@ -133,16 +145,114 @@ def _folder_split_dir(root, split):
     )
 
 
+# Never classes or images: hidden entries (".ipynb_checkpoints", ".DS_Store",
+# "._photo.JPEG" AppleDouble files) and the resource folder macOS archives add.
+_IGNORED_NAMES = ("__MACOSX",)
+_reported_entries = set()
+
+
+def _is_hidden(name):
+    return name.startswith(".") or name in _IGNORED_NAMES
+
+
+def _printable(path):
+    """A path for messages, undecodable bytes shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _report_entry(path, why):
+    """Logs (once per process) a directory entry that is left out."""
+    key = (path, why)
+    if key not in _reported_entries:
+        _reported_entries.add(key)
+        logger.warning("Skipped %s: %s.", _printable(path), why)
+
+
+def _entries(directory, kind):
+    """Sorted names of the ``kind`` ("dir" or "file") entries of a directory.
+
+    Leaves out hidden entries silently, and (naming each in the log) entries
+    that cannot be used: names that are not UTF-8, which TensorFlow's string
+    tensors and the class names cannot hold, and links that are broken or
+    loop, whose type cannot be read.
+    """
+    names = []
+    with os.scandir(directory) as scan:
+        for entry in scan:
+            if _is_hidden(entry.name):
+                continue
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                _report_entry(entry.path, "its name is not UTF-8 (rename it to use it)")
+                continue
+            try:
+                wanted = entry.is_dir() if kind == "dir" else entry.is_file()
+            except OSError as error:  # a link loop, a permission error, ...
+                _report_entry(entry.path, f"it cannot be read ({error.strerror})")
+                continue
+            if not wanted and entry.is_symlink() and not os.path.exists(entry.path):
+                _report_entry(entry.path, "it is a broken link")
+                continue
+            if wanted:
+                names.append(entry.name)
+    return sorted(names)
+
+
 def _class_dirs(split_dir):
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    return _entries(split_dir, "dir")
+
+
+def _check_imagenet_classes(classes, where):
+    """Refuses a tree that is ImageNet-1k's with some folders off.
+
+    The 1000 WordNet ids plus other folders (a backup copy, "tmp", ...), or
+    exactly 1000 folders that are not the 1000 ids, would number the labels
+    differently from keras-senet's class names without any error later.
+    A larger tree of WordNet ids only (ImageNet-21k) is a dataset of its own.
+    """
+    from keras_senet.imagenet import wnids
+
+    ours = wnids()
+    known = set(ours)
+    present = [c for c in classes if c in known]
+    extras = [c for c in classes if c not in known]
+    strays = [c for c in extras if not _WNID.match(c)]
+    if len(present) == len(ours) and strays:
+        raise ValueError(
+            f"Image-folder {where!r} holds the {len(ours)} ImageNet-1k class "
+            f"folders and {len(strays)} other folder(s): {_some(strays)}. Each "
+            "would become a class and shift the labels: move them out."
+        )
+    if len(classes) == len(ours) and len(present) != len(ours):
+        missing = sorted(known - set(classes))
+        raise ValueError(
+            f"Image-folder {where!r} has {len(ours)} classes but they are not "
+            "the ImageNet-1k WordNet ids that keras-senet's class names use "
+            f"(missing: {_some(missing)}; not ImageNet-1k: {_some(extras)}). "
+            "Labels would not match the models."
+        )
+    if len(ours) - 10 <= len(present) < len(ours) and not extras:
+        missing = sorted(known - set(classes))
+        logger.warning(
+            "Image-folder %r has %d of the %d ImageNet-1k classes (missing: "
+            "%s): its labels number these %d folders, not ImageNet-1k's.",
+            where, len(present), len(ours), _some(missing), len(classes),
+        )
+
+
+def _some(names, limit=5):
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"
 
 
 def folder_classes(root, split=None):
     """The class folder names (label order) of an image-folder root.
 
     The training folder defines the classes when it exists, so that both
-    splits number them alike; a split's classes must be among them. With
-    1000 classes they must be exactly the ImageNet-1k WordNet ids.
+    splits number them alike; a split's classes must be among them. Hidden
+    folders (names starting with ".") and ``__MACOSX`` are never classes. A
+    tree with the 1000 ImageNet-1k WordNet ids must hold exactly them.
     """
     train_dir = os.path.join(root, "train")
     reference = train_dir if os.path.isdir(train_dir) else _folder_split_dir(root, split or "validation")
@@ -154,24 +264,19 @@ def folder_classes(root, split=None):
         if extra:
             raise ValueError(
                 f"The {split} folder of {root!r} has classes that {reference!r} "
-                f"lacks: {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+                f"lacks: {_some(extra)}"
             )
-    if len(classes) == IMAGENET_CLASSES:
-        from keras_senet.imagenet import wnids
-
-        ours = wnids()
-        if classes != ours:
-            missing = sorted(set(ours) - set(classes))[:5]
-            raise ValueError(
-                f"Image-folder {reference!r} has 1000 classes but they are not "
-                "the ImageNet-1k WordNet ids that keras-senet's class names use "
-                f"(e.g. missing: {missing}). Labels would not match the models."
-            )
+    if len(classes) >= IMAGENET_CLASSES - 10:
+        _check_imagenet_classes(classes, reference)
     return tuple(classes)
 
 
 def folder_files(root, split):
-    """Sorted ``(paths, labels)`` of one split of an image-folder root."""
+    """Sorted ``(paths, labels)`` of one split of an image-folder root.
+
+    Files are the class folders' entries with an image extension; hidden
+    files and entries that cannot be used (see `_entries`) are left out.
+    """
     classes = folder_classes(root, split)
     split_dir = _folder_split_dir(root, split)
     paths, labels = [], []
@@ -179,9 +284,9 @@ def folder_files(root, split):
         class_dir = os.path.join(split_dir, name)
         if not os.path.isdir(class_dir):
             continue
-        for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
-            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(entry.path)
+        for file_name in _entries(class_dir, "file"):
+            if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(class_dir, file_name))
                 labels.append(label)
     if not paths:
         raise ValueError(
@@ -332,33 +437,95 @@ def tfrecord_source(directory, split, *, training, input_context, seed, label_of
 # ----------------------------------------------------------------- TFDS
 
 
+def _tfds_builder(name, data_dir):
+    """The TFDS builder of ``name``, refusing a dataset that is not there.
+
+    Raises a ValueError for a name TFDS does not know and for a dataset that
+    is not prepared: then it names the directory TFDS reads and, for
+    datasets such as ImageNet whose archives are placed by hand, where they
+    go and the command that prepares them. (Nothing is downloaded here.)
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"`data` {name!r} is not 'demo', an existing directory or a TFDS "
+            f"dataset: {first}"
+        ) from None
+    if builder.is_prepared() or _tfds_can_read(builder):
+        return builder
+    root = os.fspath(builder.data_dir_root)
+    message = (
+        f"The TFDS dataset {name!r} is not prepared: TFDS found no data in "
+        f"{os.fspath(builder.data_dir)!r}."
+    )
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if instructions:
+        manual_dir = os.path.join(root, "downloads", "manual")
+        message += (
+            f" Its archives are placed by hand in {manual_dir!r} "
+            f"({' '.join(instructions.split())})"
+        )
+    if not data_dir:
+        message += " Pass data_dir (--data-dir) if it is prepared elsewhere."
+    raise ValueError(
+        f"{message} To prepare it (once): tfds build {builder.name} --data_dir {root}"
+    )
+
+
+def _tfds_can_read(builder):
+    """Whether TFDS serves the builder's data although it is not prepared
+    on disk (``tfds.testing.mock_data`` does so)."""
+    try:
+        builder.as_dataset(split=_first_split(builder))
+    except Exception:  # noqa: BLE001 - TFDS raises AssertionError and others
+        return False
+    return True
+
+
+def _first_split(builder):
+    splits = list(builder.info.splits) if hasattr(builder.info.splits, "keys") else []
+    return splits[0] if splits else "train"
+
+
 def tfds_source(name, split, *, training, input_context, seed, data_dir, shuffle_buffer_size):
     import tensorflow_datasets as tfds
 
+    builder = _tfds_builder(name, data_dir)
     read_config = tfds.ReadConfig(
         input_context=input_context, shuffle_seed=seed,
         try_autocache=False, skip_prefetch=True,
     )
-    ds = tfds.load(
-        name, split=split, data_dir=data_dir, shuffle_files=training,
+    ds = builder.as_dataset(
+        split=split, shuffle_files=training,
         decoders={"image": tfds.decode.SkipDecoding()}, read_config=read_config,
     )
-    num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
+    num_classes = builder.info.features["label"].num_classes
+    fallback_prefix = f"{name}/{split}#"
 
-    def triple(example):
-        file_name = example.get("file_name", tf.constant(f"{name}/{split}"))
+    def triple(index, example):
+        # Names must tell files apart in the skipped-file log and errors.
+        file_name = example.get(
+            "file_name", tf.strings.join([fallback_prefix, tf.strings.as_string(index)])
+        )
         return example["image"], tf.cast(example["label"], tf.int32), file_name
 
+    ds = ds.enumerate()
     if training:
         ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
     return Source(ds.map(triple, num_parallel_calls=AUTOTUNE), num_classes)
 
 
 def tfds_info(name, data_dir):
-    """``(num_classes, num_train, num_eval, class_names)`` from TFDS metadata."""
-    import tensorflow_datasets as tfds
+    """``(num_classes, num_train, num_eval, class_names)`` from TFDS metadata.
 
-    info = tfds.builder(name, data_dir=data_dir).info
+    Raises a ValueError when the dataset is unknown or not prepared (see
+    `_tfds_builder`).
+    """
+    info = _tfds_builder(name, data_dir).info
     label = info.features["label"]
 
     def size(split):
