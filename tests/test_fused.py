@@ -78,6 +78,15 @@ def _graph_ops(step):
     return ops, xla
 
 
+@pytest.fixture(params=["xla", "small-map"])
+def xla(request, monkeypatch):
+    """Both variants of the fused path: XLA clusters (any map size) and the
+    one for small maps (fused.XLA_MIN_ELEMENTS) that leaves them out."""
+    use = request.param == "xla"
+    monkeypatch.setattr(fused, "XLA_MIN_ELEMENTS", 0 if use else 10**12)
+    return use
+
+
 @pytest.mark.parametrize(
     "data_format, use_shortcut, residual_activation",
     [
@@ -88,7 +97,7 @@ def _graph_ops(step):
     ],
 )
 def test_fused_equals_plain_values_and_gradients(
-    data_format, use_shortcut, residual_activation
+    data_format, use_shortcut, residual_activation, xla
 ):
     shape = (3, 9, 7, 48) if data_format == "channels_last" else (3, 48, 9, 7)
     x, shortcut = _inputs(shape)
@@ -110,7 +119,7 @@ def test_fused_equals_plain_values_and_gradients(
     # Not vacuous: the two traces differ, the fused one is XLA-marked.
     fused_ops, fused_xla = _graph_ops(fused_step)
     plain_ops, plain_xla = _graph_ops(plain_step)
-    assert fused_xla and not plain_xla
+    assert fused_xla == xla and not plain_xla
     if data_format == "channels_last":
         assert "AvgPool" in fused_ops and "AvgPool" not in plain_ops
     # And the formula itself: relu(x * gates + shortcut).
@@ -141,7 +150,7 @@ def test_unknown_spatial_size_and_eager_calls():
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_fused_equals_plain(policy):
+def test_mixed_precision_fused_equals_plain(policy, xla):
     keras.config.set_dtype_policy(policy)
     layer = SqueezeExcite(reduction=4)
     keras.config.set_dtype_policy("float32")
@@ -176,7 +185,8 @@ def _tiny_residual_model(seed=0):
     return keras.Model(inputs, outputs)
 
 
-def test_training_step_fused_equals_plain():
+def test_training_step_fused_equals_plain(monkeypatch):
+    monkeypatch.setattr(fused, "XLA_MIN_ELEMENTS", 0)
     data = np.random.default_rng(5).normal(size=(4, 12, 12, 16)).astype("float32")
     labels = np.array([0, 1, 2, 3])
     results = []
@@ -267,7 +277,7 @@ def test_residual_activation_outside_the_fused_set_is_refused(bad):
         SqueezeExcite(residual_activation=bad)
 
 
-def test_float16_large_map_gate_gradient_stays_accurate():
+def test_float16_large_map_gate_gradient_stays_accurate(xla):
     """TensorFlow's CPU pooling accumulates float16 in float16; the fused
     gradient of the gates must not (56x56 values near 1)."""
     shape = (2, 56, 56, 8)
