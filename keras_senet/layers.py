@@ -58,10 +58,15 @@ def _check_reduced_channels(reduced_channels):
     return int(reduced_channels)
 
 
+def _residual_activation_name(activation):
+    """"relu" or "linear" for the activations the fused path knows."""
+    known = {keras.activations.relu: "relu", keras.activations.linear: "linear"}
+    return known.get(activation)
+
+
 def _check_residual_activation(residual_activation):
     activation = keras.activations.get(residual_activation)
-    name = keras.activations.serialize(activation)
-    if name not in fused.FUSED_ACTIVATIONS:
+    if _residual_activation_name(activation) not in fused.FUSED_ACTIVATIONS:
         raise ValueError(
             "`residual_activation` must be one of "
             f"{fused.FUSED_ACTIVATIONS} (or None for 'linear'). "
@@ -215,7 +220,7 @@ class SqueezeExcite(keras.layers.Layer):
     def call(self, inputs, shortcut=None):
         relu = (
             shortcut is not None
-            and keras.activations.serialize(self.residual_activation) == "relu"
+            and _residual_activation_name(self.residual_activation) == "relu"
         )
         if fused.use_fused_path(inputs):
             return fused.se_forward(
@@ -277,7 +282,7 @@ class SqueezeExcite(keras.layers.Layer):
                 "gate": keras.activations.serialize(self.gate),
                 "use_bias": self.use_bias,
                 "data_format": self.data_format,
-                "residual_activation": keras.activations.serialize(
+                "residual_activation": _residual_activation_name(
                     self.residual_activation
                 ),
                 "fc_quantization": self._fc_quantization_config(),

@@ -7,6 +7,9 @@ fused path really ran, and that models and files of the earlier layout
 """
 
 import contextlib
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -303,3 +306,44 @@ def test_float16_large_map_gate_gradient_stays_accurate(xla):
         grads.append([g.numpy() for g in step()])
     for g16, g32 in zip(*grads[::-1]):
         np.testing.assert_allclose(g16, g32, rtol=2e-2, atol=2e-2 * np.abs(g32).max())
+
+
+JAX_SCRIPT = r"""
+import sys
+import numpy as np
+import keras
+import keras_senet
+from keras_senet import SqueezeExcite
+assert keras.backend.backend() == "jax"
+x, shortcut, weights = (np.load(sys.argv[1] + name) for name in ("x.npy", "s.npy", "w.npz"))
+layer = SqueezeExcite(reduction=4)
+layer.build(x.shape)
+layer.set_weights([weights[k] for k in sorted(weights.files)])
+np.save(sys.argv[1] + "y.npy", np.asarray(layer(x, shortcut=shortcut)))
+keras_senet.SEResNet18(weights=None, input_shape=(32, 32, 3))  # builds
+print("tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_jax_backend_same_outputs_and_no_tensorflow(tmp_path):
+    """Under JAX the plain path runs, gives the fused path's values, and
+    neither building nor calling the layer imports TensorFlow."""
+    x, shortcut = _inputs((2, 7, 7, 32), seed=9)
+    layer = SqueezeExcite(reduction=4)
+    layer.build(x.shape)
+    weights = layer.get_weights()
+    prefix = str(tmp_path) + os.sep
+    np.save(prefix + "x.npy", x)
+    np.save(prefix + "s.npy", shortcut)
+    np.savez(prefix + "w.npz", **{f"w{i}": w for i, w in enumerate(weights)})
+    want = tf.function(lambda a, b: layer(a, shortcut=b))(x, shortcut).numpy()
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_SCRIPT, prefix],
+        env=env, cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    np.testing.assert_allclose(np.load(prefix + "y.npy"), want, atol=1e-5)
