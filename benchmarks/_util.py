@@ -139,9 +139,15 @@ def markdown_table(headers, rows):
 
 def machine_markdown(info):
     keys = ("date", "cpu", "usable_cores", "threads", "tensorflow", "keras",
-            "torch", "timm", "jax")
+            "torch", "timm", "jax", "loadavg_start", "loadavg_end")
+
+    def text(value):
+        if isinstance(value, (list, tuple)):  # load averages
+            return "/".join(f"{v:.2f}" for v in value)
+        return value
+
     return "Machine: " + ", ".join(
-        f"{k}={info[k]}" for k in keys if info.get(k) is not None
+        f"{k}={text(info[k])}" for k in keys if info.get(k) is not None
     )
 
 
