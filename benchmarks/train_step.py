@@ -74,6 +74,10 @@ def build_parser():
                         help="threads for TensorFlow and torch (default: usable cores)")
     parser.add_argument("--no-timm", action="store_true",
                         help="skip the PyTorch peers")
+    parser.add_argument("--no-fused-bn", action="store_true",
+                        help="skip `<model>_fbn`: the model with keras_senet.layers."
+                        "BatchNormalization (only timed while the builders use "
+                        "keras.layers.BatchNormalization)")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--results-name", default="train_step",
                         help="results file stem in benchmarks/results")
@@ -103,7 +107,8 @@ def parse_args(argv=None, parser=None):
     return args
 
 
-def build(name, keras, keras_senet, size):
+def build(name, keras, keras_senet, size, fused_bn=False):
+    """A compiled model, or None for a fused-BN variant with nothing to fuse."""
     shape = (size, size, 3)
     if name == BASELINE:
         model = keras.applications.ResNet50(
@@ -113,6 +118,10 @@ def build(name, keras, keras_senet, size):
         model = keras_senet.create_model(
             name, input_shape=shape, classifier_activation=None
         )
+    if fused_bn:
+        model = _util.with_fused_batchnorm(model)
+        if model is None:
+            return None
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -158,6 +167,11 @@ def run_precision(precision, args, libs, float32_step=None):
     try:
         names = [BASELINE] + [n for n in args.models if n != BASELINE]
         models = {n: build(n, keras, keras_senet, args.size) for n in names}
+        if not args.no_fused_bn:
+            for name in names[1:]:
+                model = build(name, keras, keras_senet, args.size, fused_bn=True)
+                if model is not None:
+                    models[name + "_fbn"] = model
     finally:
         keras.config.set_dtype_policy("float32")
     x = tf.random.stateless_uniform((args.batch, args.size, args.size, 3), seed=(1, 2))
@@ -193,10 +207,11 @@ def train_ratios(img_s, precisions, models):
         suffix = "" if precision == "float32" else f"_{precision}"
         base = img_s.get((BASELINE, precision))
         for name in models:
-            short = name.replace("_32x4d", "")
-            ratios[f"{short}_vs_resnet50{suffix}"] = _util.ratio(
-                img_s.get((name, precision)), base
-            )
+            for variant in ("", "_fbn"):
+                value = _util.ratio(img_s.get((name + variant, precision)), base)
+                if value is not None or not variant:
+                    short = name.replace("_32x4d", "") + variant
+                    ratios[f"{short}_vs_resnet50{suffix}"] = value
         timm_base = img_s.get(("timm:resnet50", precision))
         for label, peer in (("timm_seresnet50", "seresnet50"),
                             ("timm_legacy_seresnet50", "legacy_seresnet50"),
