@@ -347,3 +347,29 @@ def test_jax_backend_same_outputs_and_no_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
     np.testing.assert_allclose(np.load(prefix + "y.npy"), want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_xla_marked_graphs_export(tmp_path, monkeypatch):
+    """With the XLA clusters in the graph (any map size here), SavedModel,
+    TFLite (built-in ops) and ONNX exports still run and match."""
+    from keras_senet import export
+
+    monkeypatch.setattr(fused, "XLA_MIN_ELEMENTS", 0)
+    model = _tiny_residual_model(seed=3)
+    x = np.random.default_rng(10).normal(size=(1, 12, 12, 16)).astype("float32")
+    want = model.predict(x, verbose=0)
+    served = tf.saved_model.load(export.export_saved_model(model, str(tmp_path / "sm")))
+    graph = served.serve.get_concrete_function(
+        tf.TensorSpec((None, 12, 12, 16), tf.float32)).graph.as_graph_def()
+    marked = [n for f in graph.library.function for n in f.node_def
+              if "_XlaCompile" in n.attr]
+    assert marked  # the export really holds the XLA-marked ops
+    np.testing.assert_allclose(served.serve(x).numpy(), want, atol=1e-5)
+    tflite = export.export_tflite(model, str(tmp_path / "m.tflite"))
+    np.testing.assert_allclose(export.run_tflite(tflite, x), want, atol=1e-5)
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(export.export_onnx(model, tmp_path / "m.onnx"))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(out, want, atol=1e-5)
