@@ -139,9 +139,15 @@ def markdown_table(headers, rows):
 
 def machine_markdown(info):
     keys = ("date", "cpu", "usable_cores", "threads", "tensorflow", "keras",
-            "torch", "timm", "jax")
+            "torch", "timm", "jax", "loadavg_start", "loadavg_end")
+
+    def text(value):
+        if isinstance(value, (list, tuple)):  # load averages
+            return "/".join(f"{v:.2f}" for v in value)
+        return value
+
     return "Machine: " + ", ".join(
-        f"{k}={info[k]}" for k in keys if info.get(k) is not None
+        f"{k}={text(info[k])}" for k in keys if info.get(k) is not None
     )
 
 
@@ -156,3 +162,26 @@ def ratios_line(ratios):
     return " ".join(
         f"{k}={'n/a' if v is None else format(v, '.3f')}" for k, v in ratios.items()
     )
+
+
+def with_fused_batchnorm(model):
+    """A copy of ``model`` (same weights) whose `keras.layers.BatchNormalization`
+    layers are `keras_senet.layers.BatchNormalization` (TensorFlow's fused
+    kernel), or ``None`` when it has none: what the builders gain once they
+    use that layer."""
+    import keras
+
+    from keras_senet.layers import BatchNormalization
+
+    if not any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
+        return None
+
+    def clone(layer):
+        cls = layer.__class__
+        if cls is keras.layers.BatchNormalization:
+            cls = BatchNormalization
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -36,27 +36,15 @@ XLA context while the layer is traced (``tf.function(jit_compile=True)``,
 import keras
 from keras import ops
 
+from keras_senet.fused import tf_in_xla_context
+from keras_senet.fused import tf_on_cpu
+
 PACKAGE = "keras_senet"
 
 IMPLEMENTATIONS = ("direct", "chunked", "native")
 
 # Groups per dense block-diagonal convolution in the "chunked" formulation.
 CHUNK_GROUPS = 2
-
-
-def _tf_on_cpu(tf, inputs):
-    device = (getattr(inputs, "device", None) or "").upper()
-    if "GPU" in device or "TPU" in device:
-        return False
-    if "CPU" in device:
-        return True
-    return not tf.config.list_logical_devices("GPU")
-
-
-def _tf_in_xla_context(tf):
-    internal = getattr(tf, "__internal__", None)
-    find = getattr(internal, "get_enclosing_xla_context", None)
-    return find is not None and find() is not None
 
 
 def _dtype_name(tensor):
@@ -72,9 +60,9 @@ def select_implementation(inputs, groups, data_format):
         return "native"
     import tensorflow as tf  # the TensorFlow backend is active
 
-    if not _tf_on_cpu(tf, inputs):
+    if not tf_on_cpu(tf, inputs):
         return "native"
-    if _tf_in_xla_context(tf):
+    if tf_in_xla_context(tf):
         return "chunked"
     # TF's CPU kernels have no float16 grouped filter gradient.
     return "chunked" if _dtype_name(inputs) == "float16" else "direct"

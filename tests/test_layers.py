@@ -74,7 +74,7 @@ def test_config_round_trip_gives_same_layer():
     clone = SqueezeExcite.from_config(config)
     assert clone.get_config() == config
     for key in ("reduction", "reduced_channels", "activation", "gate", "use_bias",
-                "data_format"):
+                "data_format", "residual_activation", "fc_quantization"):
         assert key in config
     clone.build((None, 6, 6, 48))
     clone.set_weights(layer.get_weights())
@@ -145,14 +145,75 @@ def test_mixed_precision_gate_stays_accurate(policy):
         ({"reduction": 0}, "reduction=0"),
         ({"reduction": -4}, "reduction=-4"),
         ({"reduction": "16"}, "reduction='16'"),
+        ({"reduction": float("nan")}, "reduction=nan"),
+        ({"reduction": float("inf")}, "reduction=inf"),
+        ({"reduction": -float("inf")}, "reduction=-inf"),
+        ({"reduction": True}, "reduction=True"),
+        ({"reduction": False}, "reduction=False"),
+        ({"reduction": None}, "reduction=None"),
+        ({"reduction": np.float32("nan")}, "reduction=.*nan"),
+        # Checked even when reduced_channels overrides it.
+        ({"reduction": float("nan"), "reduced_channels": 4}, "reduction=nan"),
         ({"reduced_channels": 0}, "reduced_channels=0"),
         ({"reduced_channels": 2.5}, "reduced_channels=2.5"),
+        ({"reduced_channels": 4.0}, "reduced_channels=4.0"),
+        ({"reduced_channels": True}, "reduced_channels=True"),
+        ({"reduced_channels": float("nan")}, "reduced_channels=nan"),
+        ({"reduced_channels": "8"}, "reduced_channels='8'"),
         ({"data_format": "NHWC"}, "data_format='NHWC'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SqueezeExcite(**kwargs)
+
+
+def test_numpy_numbers_are_accepted_and_serialise_as_python_numbers():
+    layer = SqueezeExcite(reduction=np.int64(8), reduced_channels=None)
+    assert layer.reduction == 8 and type(layer.reduction) is int
+    layer = SqueezeExcite(reduction=np.float64(2.5), reduced_channels=np.int32(3))
+    assert type(layer.reduction) is float and type(layer.reduced_channels) is int
+    layer.build((None, 4, 4, 16))
+    assert layer.fc1.units == 3
+    assert SqueezeExcite.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def _quantizable_model(residual):
+    inputs = keras.Input((8, 8, 16))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+    x = SqueezeExcite(reduction=4, name="se_plain")(x)
+    if residual:  # as in SE-ResNet blocks
+        x = SqueezeExcite(reduction=4, name="se_residual")(x, shortcut=inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(6, name="logits")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize`")
+@pytest.mark.parametrize("residual", [False, True])
+def test_int8_quantized_model_saves_and_reloads(tmp_path, residual):
+    """Keras' quantize() on the SE block's inner Dense layers, then save
+    and load: the reloaded SE block rebuilds them quantized."""
+    keras.utils.set_random_seed(7)
+    model = _quantizable_model(residual)
+    names = ("se_plain", "se_residual") if residual else ("se_plain",)
+    x = np.random.default_rng(7).normal(size=(3, 8, 8, 16)).astype("float32")
+    before = model.predict(x, verbose=0)
+    model.quantize("int8")
+    for name in names:
+        se = model.get_layer(name)
+        assert se.fc1.quantization_mode == "int8" == se.fc2.quantization_mode
+        assert keras.backend.standardize_dtype(se.fc1.kernel.dtype) == "int8"
+    quantized = model.predict(x, verbose=0)
+    assert 0 < np.abs(quantized - before).max() < 0.05  # really quantized
+    model.save(tmp_path / "q.keras")
+    restored = keras.models.load_model(tmp_path / "q.keras")
+    for name in names:
+        se = restored.get_layer(name)
+        assert se.fc1.quantization_mode == "int8" == se.fc2.quantization_mode
+        for a, b in zip(se.weights, model.get_layer(name).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(restored.predict(x, verbose=0), quantized, atol=1e-6)
 
 
 def test_rejects_unknown_channels_and_wrong_rank():

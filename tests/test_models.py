@@ -94,7 +94,7 @@ def test_layer_names_follow_keras_applications():
     for expected in [
         "conv1_conv", "conv1_bn", "pool1_pool", "conv2_block1_0_conv",
         "conv2_block1_1_conv", "conv2_block1_3_bn", "conv2_block1_se",
-        "conv2_block1_add", "conv2_block1_out", "conv5_block3_out",
+        "conv2_block1_out", "conv5_block3_out",
         "avg_pool", "logits", "predictions",
     ]:
         assert expected in names

@@ -276,14 +276,18 @@ def _shortcut(x, *, filters, stride, kernel_size, avg_down, n, axis):
 
 
 def residual_tail(x, shortcut, *, name, data_format, **se_args):
-    """A residual block's tail: SE on the branch ``x``, + ``shortcut``, ReLU.
+    """A residual block's tail: ``relu(SE(x) + shortcut)``.
 
-    Layers ``{name}_se`` (`SqueezeExcite` with ``se_args``: ``reduction`` or
-    ``reduced_channels``), ``{name}_add`` and ``{name}_out``.
+    One layer, ``{name}_se`` (`SqueezeExcite` with ``se_args``: ``reduction``
+    or ``reduced_channels``), called with the shortcut: on TensorFlow's CPU it
+    computes the rescale, the add and the ReLU in one pass over the map
+    (`keras_senet.fused`). The block's output keeps its name, ``{name}_out``
+    (an `Identity`), for feature extraction.
     """
-    x = SqueezeExcite(data_format=data_format, name=f"{name}_se", **se_args)(x)
-    x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
-    return keras.layers.ReLU(name=f"{name}_out")(x)
+    x = SqueezeExcite(data_format=data_format, name=f"{name}_se", **se_args)(
+        x, shortcut=shortcut
+    )
+    return keras.layers.Identity(name=f"{name}_out")(x)
 
 
 def se_block(
