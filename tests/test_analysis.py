@@ -47,20 +47,22 @@ def test_recorded_gates_are_the_layers_gates(model):
     gates = record_gates(model, images, NAMES, batch_size=2)
     assert list(gates) == NAMES
     layers = [model.get_layer(n) for n in NAMES]
+    # Each SE layer of an SE-ResNet also takes the block's shortcut and
+    # returns relu(x * gates + shortcut).
+    assert all(len(layer.input) == 2 for layer in layers)
     probe = keras.Model(
-        model.input, [t for l in layers for t in (l.input, l.output)]
+        model.input, [t for l in layers for t in (*l.input, l.output)]
     )
     values = [keras.ops.convert_to_numpy(v) for v in probe(images, training=False)]
     for i, layer in enumerate(layers):
-        feature_map, rescaled = values[2 * i], values[2 * i + 1]
+        feature_map, shortcut, output = values[3 * i : 3 * i + 3]
         assert gates[layer.name].shape == (5, layer.channels)
         np.testing.assert_allclose(
             gates[layer.name], _numpy_gates(layer, feature_map), rtol=1e-4, atol=1e-6
         )
         # And they are what the layer multiplied its input by.
-        np.testing.assert_allclose(
-            rescaled, feature_map * gates[layer.name][:, None, None, :], rtol=1e-4, atol=1e-5
-        )
+        expected = np.maximum(feature_map * gates[layer.name][:, None, None, :] + shortcut, 0)
+        np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-5)
     all_gates = gate_model(model).output
     assert len(all_gates) == 8 and list(all_gates)[:1] == ["conv2_block1_se"]
 
