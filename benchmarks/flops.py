@@ -71,7 +71,10 @@ def _layer_flops(layer, keras, SqueezeExcite, include_se_scale):
     if isinstance(layer, SqueezeExcite):
         parts = {"se_fc": 2 * layer.channels * layer.hidden_channels}
         if include_se_scale:
-            shape = layer.input.shape
+            # A fused SE tail also takes the shortcut: its first input is
+            # the feature map that the gates rescale.
+            x = layer.input
+            shape = (x[0] if isinstance(x, (list, tuple)) else x).shape
             parts["se_scale"] = math.prod(shape[1:])
         return parts
     if isinstance(layer, keras.layers.SeparableConv2D):
