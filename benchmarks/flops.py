@@ -209,7 +209,9 @@ def measure_peak_and_inference(tf, keras, model_fn, macs, args):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.flops", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--models", help="comma-separated registry names")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)

@@ -1,6 +1,6 @@
 """Training images/s on a GPU with Keras on the JAX backend (no TensorFlow).
 
-    python -m benchmarks.gpu_jax [--models se_resnet50,se_resnext101_32x4d]
+    python -m benchmarks.gpu_jax [--models se_resnet50,se_resnext50_32x4d,...]
                                  [--batches 256,192,128,64] [--steps 20]
                                  [--quick] [--cpu]
 
@@ -34,8 +34,12 @@ NVIDIA_A100_AMP = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="se_resnet50,se_resnext101_32x4d")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_jax", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--models", default="se_resnet50,se_resnext50_32x4d,se_resnext101_32x4d"
+    )
     parser.add_argument("--batches", default="512,384,256,192,128,64",
                         help="batch sizes to try, largest first")
     parser.add_argument("--size", type=int, default=224)

@@ -12,6 +12,8 @@ import tensorflow_datasets as tfds
 from keras_senet.imagenet import wnids
 from training import data as data_lib
 
+pytestmark = pytest.mark.runtime
+
 
 def test_mock_imagenet_through_build_dataset_end_to_end():
     with tfds.testing.mock_data(num_examples=6):

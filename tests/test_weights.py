@@ -79,6 +79,12 @@ def _torch_logits(model, x_nchw):
         return model(torch.from_numpy(x_nchw)).numpy()
 
 
+# Deeper versions of the designs above (more blocks per stage, same mapping
+# rules): their published files are checked through weights="imagenet" at
+# full depth, and the cache and the zip format on the smaller models only.
+DEEP = ("se_resnet101", "se_resnet152", "se_resnext101_32x4d")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TIMM_NAMES))
 def test_logits_match_timm_reference(name, server, monkeypatch, tmp_path):
@@ -87,7 +93,7 @@ def test_logits_match_timm_reference(name, server, monkeypatch, tmp_path):
     sd = ref.state_dict()
     # The published files use the legacy format: serve that one.
     legacy = _save(sd, server.directory, name, legacy=True)
-    zipped = _save(sd, tmp_path, name + "_zip", legacy=False)
+    zipped = None if name in DEEP else _save(sd, tmp_path, name + "_zip", legacy=False)
     _publish(monkeypatch, server, name, legacy)
     x_nchw, x_nhwc = _inputs()
     want = _torch_logits(ref, x_nchw)
@@ -98,6 +104,8 @@ def test_logits_match_timm_reference(name, server, monkeypatch, tmp_path):
     got = model.predict(x_nhwc, verbose=0)
     assert np.abs(got - want).max() <= TOLERANCE, np.abs(got - want).max()
     assert server.requests == [f"/{legacy.name}"]
+    if name in DEEP:
+        return
 
     # Converted once, cached with its hash: no network, no conversion.
     info = zoo.get_weights_info(name)

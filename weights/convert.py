@@ -122,7 +122,8 @@ def _one_line(error):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m weights.convert", description=__doc__.split("\n")[0]
+        prog="python -m weights.convert",
+        description=" ".join(__doc__.split("\n\n")[0].split()),
     )
     parser.add_argument(
         "checkpoint", nargs="?", help="a .pth / .pt / .bin (PyTorch) or .safetensors file"
