@@ -70,6 +70,8 @@ KEY_RATIOS = (
     ("se_resnet50_vs_resnet50", ("se_resnet50", "ours"), ("se_resnet50", "keras_app")),
     ("se_resnet50_fbn_vs_resnet50", ("se_resnet50", "ours_fbn"),
      ("se_resnet50", "keras_app")),
+    ("se_resnet50_fbn_vs_resnet50_fbn", ("se_resnet50", "ours_fbn"),
+     ("se_resnet50", "keras_app_fbn")),
     ("timm_seresnet50_vs_resnet50", ("se_resnet50", "timm_se"),
      ("se_resnet50", "timm_base")),
     ("se_resnet50_xla_vs_resnet50_xla", ("se_resnet50", "ours_xla"),
@@ -93,7 +95,7 @@ KEY_RATIOS = (
 )
 # Ratios also printed at batch 1 (latency targets).
 BATCH1_RATIOS = ("se_resnet50_vs_resnet50", "se_resnet50_fbn_vs_resnet50",
-                 "timm_seresnet50_vs_resnet50")
+                 "se_resnet50_fbn_vs_resnet50_fbn", "timm_seresnet50_vs_resnet50")
 
 
 def build_parser():
@@ -195,9 +197,14 @@ def measure_model(name, args, libs):
         models["keras_app"] = getattr(keras.applications, app_name)(
             weights=None, input_shape=(size, size, 3)
         )
+        # For the models whose SE overhead is measured (`TIMM_SE_PAIR`): the
+        # same base with the fused BN, the overhead at equal BN.
+        if not args.no_fused_bn and name in TIMM_SE_PAIR:
+            models["keras_app_fbn"] = _util.with_fused_batchnorm(models["keras_app"])
     references = {"ours": name, "ours_xla": name, "ours_fbn": name,
                   "ours_fbn_xla": name, "keras_app": app_name,
-                  "keras_app_xla": app_name}
+                  "keras_app_xla": app_name, "keras_app_fbn": app_name,
+                  "keras_app_fbn_xla": app_name}
     torch_models = {}
     for candidate, timm_name in _timm_models(name, args).items():
         torch_models[candidate] = timm.create_model(timm_name, pretrained=False).eval()
@@ -281,7 +288,8 @@ def to_markdown(info, rows, ratios):
             "`ours` = keras-senet on TensorFlow, `_xla` = jit_compile=True, "
             "`ours_fbn` = the same model with keras_senet.layers."
             "BatchNormalization (fused kernel) for every Keras BN, "
-            "`keras_app` = keras.applications, `timm` = timm's port on "
+            "`keras_app` = keras.applications (`keras_app_fbn`: with the same "
+            "fused BN), `timm` = timm's port on "
             "PyTorch, `timm_se` / `timm_base` = timm's seresnet50 / resnet50 "
             "(the PyTorch peer's SE overhead). Medians of interleaved "
             "repeats; latency = time per batch; load = 1-minute load average "
