@@ -68,9 +68,7 @@ QUICK_MODELS = ("se_resnet50", "se_resnext50_32x4d")
 # at batch 1 too.
 KEY_RATIOS = (
     ("se_resnet50_vs_resnet50", ("se_resnet50", "ours"), ("se_resnet50", "keras_app")),
-    ("se_resnet50_fbn_vs_resnet50", ("se_resnet50", "ours_fbn"),
-     ("se_resnet50", "keras_app")),
-    ("se_resnet50_fbn_vs_resnet50_fbn", ("se_resnet50", "ours_fbn"),
+    ("se_resnet50_vs_resnet50_fbn", ("se_resnet50", "ours"),
      ("se_resnet50", "keras_app_fbn")),
     ("timm_seresnet50_vs_resnet50", ("se_resnet50", "timm_se"),
      ("se_resnet50", "timm_base")),
@@ -94,8 +92,8 @@ KEY_RATIOS = (
      ("seresnextaa101d_32x8d", "timm")),
 )
 # Ratios also printed at batch 1 (latency targets).
-BATCH1_RATIOS = ("se_resnet50_vs_resnet50", "se_resnet50_fbn_vs_resnet50",
-                 "se_resnet50_fbn_vs_resnet50_fbn", "timm_seresnet50_vs_resnet50")
+BATCH1_RATIOS = ("se_resnet50_vs_resnet50", "se_resnet50_vs_resnet50_fbn",
+                 "timm_seresnet50_vs_resnet50")
 
 
 def build_parser():
@@ -118,9 +116,9 @@ def build_parser():
     parser.add_argument("--no-keras-apps", action="store_true",
                         help="skip keras.applications")
     parser.add_argument("--no-fused-bn", action="store_true",
-                        help="skip `ours_fbn`: our model with keras_senet.layers."
-                        "BatchNormalization (only timed while the builders use "
-                        "keras.layers.BatchNormalization)")
+                        help="skip `keras_app_fbn`: keras.applications ResNet50 "
+                        "with keras_senet.layers.BatchNormalization, the fused BN "
+                        "our builders use (the SE overhead at equal BN)")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--results-name", default="throughput",
                         help="results file stem in benchmarks/results")
@@ -190,9 +188,6 @@ def measure_model(name, args, libs):
     xla_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.xla]
     models = {"ours": keras_senet.create_model(name, weights=None,
                                                input_shape=(size, size, 3))}
-    fused_bn = None if args.no_fused_bn else _util.with_fused_batchnorm(models["ours"])
-    if fused_bn is not None:
-        models["ours_fbn"] = fused_bn
     if app_name and not args.no_keras_apps:
         models["keras_app"] = getattr(keras.applications, app_name)(
             weights=None, input_shape=(size, size, 3)
@@ -201,8 +196,7 @@ def measure_model(name, args, libs):
         # same base with the fused BN, the overhead at equal BN.
         if not args.no_fused_bn and name in TIMM_SE_PAIR:
             models["keras_app_fbn"] = _util.with_fused_batchnorm(models["keras_app"])
-    references = {"ours": name, "ours_xla": name, "ours_fbn": name,
-                  "ours_fbn_xla": name, "keras_app": app_name,
+    references = {"ours": name, "ours_xla": name, "keras_app": app_name,
                   "keras_app_xla": app_name, "keras_app_fbn": app_name,
                   "keras_app_fbn_xla": app_name}
     torch_models = {}
@@ -286,10 +280,9 @@ def to_markdown(info, rows, ratios):
             "# Inference throughput (fp32, CPU)",
             _util.machine_markdown(info),
             "`ours` = keras-senet on TensorFlow, `_xla` = jit_compile=True, "
-            "`ours_fbn` = the same model with keras_senet.layers."
-            "BatchNormalization (fused kernel) for every Keras BN, "
-            "`keras_app` = keras.applications (`keras_app_fbn`: with the same "
-            "fused BN), `timm` = timm's port on "
+            "`keras_app` = keras.applications (`keras_app_fbn`: with "
+            "keras_senet.layers.BatchNormalization, the fused BN our builders "
+            "use, in place of Keras' BN), `timm` = timm's port on "
             "PyTorch, `timm_se` / `timm_base` = timm's seresnet50 / resnet50 "
             "(the PyTorch peer's SE overhead). Medians of interleaved "
             "repeats; latency = time per batch; load = 1-minute load average "

@@ -80,9 +80,9 @@ def build_parser():
     parser.add_argument("--no-timm", action="store_true",
                         help="skip the PyTorch peers")
     parser.add_argument("--no-fused-bn", action="store_true",
-                        help="skip `<model>_fbn`: the model with keras_senet.layers."
-                        "BatchNormalization (only timed while the builders use "
-                        "keras.layers.BatchNormalization)")
+                        help="skip `resnet50_fbn`: keras.applications ResNet50 "
+                        "with keras_senet.layers.BatchNormalization, the fused BN "
+                        "our builders use (the SE overhead at equal BN)")
     parser.add_argument("--quick", action="store_true", help="smoke run")
     parser.add_argument("--results-name", default="train_step",
                         help="results file stem in benchmarks/results")
@@ -173,7 +173,9 @@ def run_precision(precision, args, libs, float32_step=None):
         names = [BASELINE] + [n for n in args.models if n != BASELINE]
         models = {n: build(n, keras, keras_senet, args.size) for n in names}
         if not args.no_fused_bn:
-            for name in names[1:]:
+            # Our builders use the fused BN; ResNet50 with it too gives the
+            # SE overhead at equal BN (a model with nothing to swap: none).
+            for name in names:
                 model = build(name, keras, keras_senet, args.size, fused_bn=True)
                 if model is not None:
                     models[name + "_fbn"] = model
@@ -211,12 +213,14 @@ def train_ratios(img_s, precisions, models):
     for precision in precisions:
         suffix = "" if precision == "float32" else f"_{precision}"
         base = img_s.get((BASELINE, precision))
+        base_fbn = img_s.get((BASELINE + "_fbn", precision))
         for name in models:
-            for variant in ("", "_fbn"):
-                value = _util.ratio(img_s.get((name + variant, precision)), base)
-                if value is not None or not variant:
-                    short = name.replace("_32x4d", "") + variant
-                    ratios[f"{short}_vs_resnet50{suffix}"] = value
+            short = name.replace("_32x4d", "")
+            ratios[f"{short}_vs_resnet50{suffix}"] = _util.ratio(
+                img_s.get((name, precision)), base)
+            value = _util.ratio(img_s.get((name, precision)), base_fbn)
+            if value is not None:  # at equal (fused) BN
+                ratios[f"{short}_vs_resnet50_fbn{suffix}"] = value
         timm_base = img_s.get(("timm:resnet50", precision))
         for label, peer in (("timm_seresnet50", "seresnet50"),
                             ("timm_legacy_seresnet50", "legacy_seresnet50"),

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import keras
 
+from keras_senet.layers import BatchNormalization
 from keras_senet.layers import SqueezeExcite
 
 BN_EPSILON = 1e-5
@@ -86,7 +87,7 @@ def conv_bn_relu(x, filters, kernel_size, name, *, strides=1, channel_axis=-1):
         kernel_initializer="he_normal",
         name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(
+    x = BatchNormalization(
         axis=channel_axis,
         epsilon=BN_EPSILON,
         momentum=BN_MOMENTUM,

@@ -17,6 +17,7 @@ double-7x7 branch of module ``mixed4``; ``mixed4`` is its concatenation and
 
 import keras
 
+from keras_senet.layers import BatchNormalization
 from keras_senet.layers import SqueezeExcite
 
 BN_EPSILON = 1e-3  # keras.applications' (and TF-slim's) value
@@ -47,7 +48,7 @@ def conv_bn(
         use_bias=False,
         name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(
+    x = BatchNormalization(
         axis=channel_axis,
         scale=False,
         epsilon=BN_EPSILON,

@@ -42,6 +42,7 @@ import math
 import keras
 
 from keras_senet.conv import GroupConv2D
+from keras_senet.layers import BatchNormalization
 from keras_senet.layers import SqueezeExcite
 from keras_senet.models import _common
 
@@ -191,7 +192,7 @@ def _conv(x, filters, kernel_size, name, strides=1, padding=0, groups=1):
 
 
 def _bn(x, name, channel_axis):
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         axis=channel_axis,
         epsilon=BN_EPSILON,
         momentum=BN_MOMENTUM,
