@@ -4,9 +4,11 @@ CI runs the files marked `runtime` a second time in a virtual environment
 made from ``pip install -e ".[demo]" pytest`` (no torch, timm, PIL,
 matplotlib...): a dependency that only a test extra happens to provide
 shows up there (tensorflow-datasets' undeclared importlib_resources did).
-Here they also run in the full test environment.
+Here they also run in the full test environment, except the demo commands,
+which test_train_runs.py and test_finetune.py run there.
 """
 
+import importlib.util
 import json
 import os
 import struct
@@ -48,6 +50,12 @@ def test_imagenet_not_prepared_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is not None,
+    reason="the full test environment runs these commands in test_train_runs.py "
+    "(the main job) and test_finetune.py (evaluate, predict); CI runs this "
+    "test in the runtime-only environment",
+)
 def test_demo_train_then_evaluate_and_predict(tmp_path):
     run = tmp_path / "run"
     result = _run(
