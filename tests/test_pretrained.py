@@ -34,12 +34,12 @@ from keras_senet import zoo  # noqa: E402
 from keras_senet.models import senet  # noqa: E402
 from weights.reference import TIMM_RESNETS  # noqa: E402
 from weights.reference import conditioned_reference  # noqa: E402
-from weights_server import Server  # noqa: E402
 from weights_server import cache_files  # noqa: E402
 from weights_server import hash_named  # noqa: E402
 from weights_server import lying_safetensors  # noqa: E402
 from weights_server import publish  # noqa: E402
 from weights_server import sha256  # noqa: E402
+from weights_server import server  # noqa: E402,F401 (a fixture)
 
 TOLERANCE = 1e-4  # max |logit difference|, float32
 SHALLOW = (1, 1, 1, 1)
@@ -52,19 +52,6 @@ def shallow_variants():
         for name in TIMM_RESNETS:
             mp.setitem(senet.VARIANTS, name, dict(senet.VARIANTS[name], layers=SHALLOW))
         yield
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    serve_dir = tmp_path / "served"
-    serve_dir.mkdir()
-    srv = Server(serve_dir)
-    monkeypatch.setenv("KERAS_SENET_WEIGHTS_URL", srv.url)
-    monkeypatch.setenv("KERAS_SENET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("KERAS_SENET_OFFLINE", raising=False)
-    monkeypatch.delenv("KERAS_SENET_SHA256_FILE", raising=False)
-    yield srv
-    srv.close()
 
 
 def _inputs(name, seed=0):

@@ -29,24 +29,11 @@ import keras_senet  # noqa: E402
 from keras_senet import zoo  # noqa: E402
 from weights.reference import TIMM_NAMES  # noqa: E402
 from weights.reference import conditioned_reference  # noqa: E402
-from weights_server import Server  # noqa: E402
 from weights_server import cache_files as _cache_files  # noqa: E402
 from weights_server import publish  # noqa: E402
+from weights_server import server  # noqa: E402,F401 (a fixture)
 
 TOLERANCE = 1e-4  # max |logit difference|, float32
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    serve_dir = tmp_path / "served"
-    serve_dir.mkdir()
-    srv = Server(serve_dir)
-    monkeypatch.setenv("KERAS_SENET_WEIGHTS_URL", srv.url)
-    monkeypatch.setenv("KERAS_SENET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("KERAS_SENET_OFFLINE", raising=False)
-    monkeypatch.delenv("KERAS_SENET_SHA256_FILE", raising=False)
-    yield srv
-    srv.close()
 
 
 @functools.lru_cache(maxsize=2)

@@ -15,6 +15,8 @@ import os
 import struct
 import threading
 
+import pytest
+
 from keras_senet import zoo
 
 
@@ -55,6 +57,21 @@ class Server:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A `Server` over a fresh directory, reached as the mirror, with an
+    empty cache of this test's own and no offline mode or pinned digests."""
+    serve_dir = tmp_path / "served"
+    serve_dir.mkdir()
+    srv = Server(serve_dir)
+    monkeypatch.setenv("KERAS_SENET_WEIGHTS_URL", srv.url)
+    monkeypatch.setenv("KERAS_SENET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KERAS_SENET_OFFLINE", raising=False)
+    monkeypatch.delenv("KERAS_SENET_SHA256_FILE", raising=False)
+    yield srv
+    srv.close()
 
 
 def sha256(path):
