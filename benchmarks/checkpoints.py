@@ -29,18 +29,13 @@ def _accuracy(record, size):
     return f"{result.top1:.2f} / {top5} @ {size}"
 
 
-def _sources(record):
-    return ", ".join(
-        "hub" if s.host == "hub" else f"GitHub `{s.filename}`" for s in record.sources
-    )
-
-
 def measure(records):
     """One row per record: parameters and GMACs at its evaluation size."""
     import keras
 
     import keras_senet
     from benchmarks.flops import count_flops
+    from keras_senet import zoo
 
     cache, rows = {}, []
     for record in records:
@@ -64,7 +59,7 @@ def measure(records):
             "eval_size": record.eval_size,
             "params": params,
             "gmacs": gmacs,
-            "sources": _sources(record),
+            "sources": zoo.sources_text(record),
         })
         print(f"{record.name:45s} {params:12,d} {gmacs:7.2f} GMACs @ {record.eval_size}",
               flush=True)

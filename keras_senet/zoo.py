@@ -445,6 +445,13 @@ def _accuracy(record, size):
     return _fmt(result.top1), _fmt(result.top5)
 
 
+def sources_text(record):
+    """A record's sources in a line of markdown: ``GitHub `<file>`, hub``."""
+    return ", ".join(
+        "hub" if s.host == "hub" else f"GitHub `{s.filename}`" for s in record.sources
+    )
+
+
 def markdown_table(records=None):
     """A markdown table of every loadable checkpoint."""
     records = list(REGISTRY.values()) if records is None else list(records)
@@ -460,9 +467,7 @@ def markdown_table(records=None):
             test = "{} / {}".format(*_accuracy(r, r.test_input_size))
         else:
             test_size, test = "-", "-"
-        sources = ", ".join(
-            "hub" if s.host == "hub" else f"GitHub `{s.filename}`" for s in r.sources
-        )
+        sources = sources_text(r)
         rows.append(
             f"| {r.name} | {r.num_classes} | {r.input_size} ({r.crop_pct}) | {train} "
             f"| {test_size} | {test} | {r.interpolation} | {sources} |"
